@@ -97,13 +97,14 @@ class CategoryPopularityRecommender(_Fitted):
         self.popularity = purchase_counts(train)
         # Whole counts stay exact in float32 up to 2^24, so the bonus never blurs the order.
         self.bonus = float(self.popularity.max() + 1.0) if len(self.popularity) else 1.0
+        self.popularity32 = self.popularity.astype(np.float32)
         self.codes = train.category.codes
 
     def _score(self, anchors: np.ndarray) -> np.ndarray:
         self._require_fit()
         anchor_codes = self.codes[self._anchors(anchors)]
         same = (self.codes[None, :] == anchor_codes[:, None]) & (anchor_codes[:, None] > 0)
-        return (same * self.bonus + self.popularity[None, :]).astype(np.float32)
+        return same * np.float32(self.bonus) + self.popularity32[None, :]
 
     def score_warm(self, anchors: np.ndarray) -> np.ndarray:
         return self._score(anchors)

@@ -280,24 +280,34 @@ class _Accumulator:
         self.n = 0
         self.covered = {k: np.zeros(n_columns, dtype=bool) for k in self.ks}
 
-    def add(self, scores: np.ndarray, is_target: np.ndarray) -> None:
-        """scores/is_target: [b, n_columns] in tie-break column order."""
-        n_targets = is_target.sum(axis=1)
+    def add(self, scores: np.ndarray, t_rows: np.ndarray, t_cols: np.ndarray) -> None:
+        """scores: [b, n_columns] in tie-break column order; targets as (row, column) pairs."""
+        b, m = scores.shape
+        n_targets = np.bincount(t_rows, minlength=b)
         top = top_k_leftmost(scores, max(self.ks))
-        top_hit = np.take_along_axis(is_target, top, axis=1)
+        target_key = t_rows.astype(np.int64) * m + t_cols
+        top_hit = np.isin(np.arange(b)[:, None] * m + top, target_key)
         for k in self.ks:
             hits = top_hit[:, :k].sum(axis=1)
             self.recall[k] += float((hits / np.minimum(n_targets, k)).sum())
             self.hits[k] += float((hits > 0).sum())
             self.covered[k][top[:, :k].ravel()] = True
-        # Rank of the best target over the full ranking (same tie rule).
-        best = np.where(is_target, scores, -np.inf).max(axis=1)
-        at_best = is_target & (scores == best[:, None])
-        best_col = at_best.argmax(axis=1)
-        left = np.arange(scores.shape[1])[None, :] < best_col[:, None]
-        rank = 1 + (scores > best[:, None]).sum(axis=1) + ((scores == best[:, None]) & left).sum(axis=1)
+        # Rank of the best target over the full ranking (same tie rule): the targets
+        # scoring above it, plus the equal ones to its left, plus one.
+        t_scores = scores[t_rows, t_cols]
+        best = np.full(b, -np.inf, dtype=scores.dtype)
+        np.maximum.at(best, t_rows, t_scores)
+        at_best = t_scores == best[t_rows]
+        best_col = np.full(b, m, dtype=np.int64)
+        np.minimum.at(best_col, t_rows[at_best], t_cols[at_best])
+        rank = 1 + (scores > best[:, None]).sum(axis=1)
+        equal = scores == best[:, None]
+        crowded = np.flatnonzero(equal.sum(axis=1) > 1)
+        if len(crowded):
+            left = np.arange(m)[None, :] < best_col[crowded, None]
+            rank[crowded] += (equal[crowded] & left).sum(axis=1)
         self.rr += float((1.0 / rank).sum())
-        self.n += len(scores)
+        self.n += b
 
     def result(self, n_available: int, score_s: float) -> SegmentMetrics:
         n = max(self.n, 1)
@@ -339,11 +349,9 @@ def score_queries(score_fn: Callable[[np.ndarray], np.ndarray], queries: QuerySe
             anchor_col = col_of_item[anchors]
             own = anchor_col >= 0
             scores[rows[own], anchor_col[own]] = -np.inf
-        is_target = np.zeros(scores.shape, dtype=bool)
-        t_lo, t_hi = queries.indptr[lo], queries.indptr[hi]
         t_rows = np.repeat(rows, np.diff(queries.indptr[lo:hi + 1]))
-        is_target[t_rows, col_of_item[queries.targets[t_lo:t_hi]]] = True
-        acc.add(scores, is_target)
+        t_cols = col_of_item[queries.targets[queries.indptr[lo]:queries.indptr[hi]]]
+        acc.add(scores, t_rows, t_cols)
     return acc.result(queries.n_available, time.perf_counter() - started)
 
 
@@ -532,7 +540,8 @@ def baseline_recommenders() -> list[Recommender]:
             BoughtTogetherRecommender(), MatrixFactorizationRecommender()]
 
 
-def embedding_recommenders(config: EvalConfig | None = None, train_config=None) -> list[Recommender]:
+def embedding_recommenders(config: EvalConfig | None = None, train_config=None,
+                            modes: Sequence[str] = ("bge", "ges", "eges")) -> list[Recommender]:
     """BGE, GES and EGES rows (recsys.train, imported here so this module stands alone)."""
     from recsys.train import EGESRecommender, TrainConfig
 
@@ -540,7 +549,7 @@ def embedding_recommenders(config: EvalConfig | None = None, train_config=None) 
         train_config = TrainConfig()
         if config is not None and hasattr(train_config, "seed"):
             train_config = dataclasses.replace(train_config, seed=config.seed)
-    return [EGESRecommender(train_config, mode=mode) for mode in ("bge", "ges", "eges")]
+    return [EGESRecommender(train_config, mode=mode) for mode in modes]
 
 
 def default_recommenders(config: EvalConfig | None = None, extra: Sequence[Recommender] = ()) -> list[Recommender]:

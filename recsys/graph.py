@@ -14,8 +14,10 @@ edges by one of two rules (`GraphConfig.within_basket`):
   exactly what the sequence of the same n items would, so big baskets do
   not drown small ones and both rules mix on one scale. (Each item gets
   2(n-1)/n, about what an item inside a sequence gets.)
-* "auto" (default): "sequence" for baskets whose lines have two or more
-  distinct timestamps, "clique" for the others.
+* "auto" (default): "sequence" for baskets whose items all have distinct
+  timestamps (a recorded order), "clique" for the others (one timestamp, or
+  ties that leave the order partly arbitrary, e.g. an invoice whose lines
+  straddle a minute).
 
 Baskets of one user that follow each other within `link_gap_s` (two orders
 placed in the same hour: the paper's one-hour session) are linked too: every
@@ -129,11 +131,11 @@ class ItemGraph:
         if len(weight) and not np.all(weight > 0):
             raise ValueError("edge weights must be > 0")
         keep = src != dst
-        src, dst, weight = src[keep], dst[keep], weight[keep]
-        both_src = np.concatenate([src, dst])
-        both_dst = np.concatenate([dst, src])
-        mat = sp.coo_matrix((np.concatenate([weight, weight]), (both_src, both_dst)),
-                            shape=(n_items, n_items)).tocsr()  # tocsr sums duplicates
+        # Sum each unordered pair once in the upper triangle, then mirror it.
+        lo = np.minimum(src[keep], dst[keep])
+        hi = np.maximum(src[keep], dst[keep])
+        upper = sp.coo_matrix((weight[keep], (lo, hi)), shape=(n_items, n_items)).tocsr()  # sums duplicates
+        mat = (upper + upper.T).tocsr()
         if min_edge_weight > 0:
             mat.data[mat.data < min_edge_weight] = 0.0
         mat.eliminate_zeros()
@@ -224,14 +226,16 @@ def build_item_graph(ds: Dataset, baskets: np.ndarray, config: GraphConfig = Gra
     row_basket = np.repeat(np.arange(n_baskets, dtype=np.int64), index.sizes())
     row_item = index.items.astype(np.int64)
     row_time = np.asarray(ds.purchase_time, dtype=np.int64)[index.lines]
-    row_pos = np.arange(len(row_item), dtype=np.int64)
 
-    # De-duplicate items within a basket, keeping the first occurrence.
-    by_item = np.lexsort((row_pos, row_item, row_basket))
-    first = np.ones(len(by_item), dtype=bool)
-    first[1:] = (row_basket[by_item][1:] != row_basket[by_item][:-1]) | (row_item[by_item][1:] != row_item[by_item][:-1])
+    # De-duplicate items within a basket, keeping the first occurrence
+    # (a stable sort on one int64 key keeps time order within equal keys).
+    key = row_basket * max(ds.n_items, 1) + row_item
+    by_key = np.argsort(key, kind="stable")
+    sorted_key = key[by_key]
+    first = np.ones(len(by_key), dtype=bool)
+    first[1:] = sorted_key[1:] != sorted_key[:-1]
     keep = np.zeros(len(row_item), dtype=bool)
-    keep[by_item[first]] = True
+    keep[by_key[first]] = True
     row_basket, row_item, row_time = row_basket[keep], row_item[keep], row_time[keep]
     sizes = np.bincount(row_basket, minlength=n_baskets)
 
@@ -256,8 +260,10 @@ def build_item_graph(ds: Dataset, baskets: np.ndarray, config: GraphConfig = Gra
 
     # Which rule each basket follows.
     nonempty = sizes > 0
-    timed = np.zeros(n_baskets, dtype=bool)
-    timed[nonempty] = row_time[indptr[1:][nonempty] - 1] != row_time[starts[nonempty]]
+    # "auto" trusts an internal order only when no two items share a timestamp.
+    new_time = np.ones(len(row_time), dtype=bool)
+    new_time[1:] = (row_basket[1:] != row_basket[:-1]) | (row_time[1:] != row_time[:-1])
+    timed = np.bincount(row_basket[new_time], minlength=n_baskets) == sizes
     if config.within_basket == "sequence":
         sequence = np.ones(n_baskets, dtype=bool)
     elif config.within_basket == "clique":
@@ -281,7 +287,7 @@ def build_item_graph(ds: Dataset, baskets: np.ndarray, config: GraphConfig = Gra
         b_rows = a_rows + 1 + _ragged_arange(later)
         src_parts.append(row_item[a_rows])
         dst_parts.append(row_item[b_rows])
-        w_parts.append(2.0 / sizes[row_basket[a_rows]])
+        w_parts.append(np.repeat(2.0 / sizes[b], later))
 
     # Links between consecutive baskets of a user within link_gap_s.
     n_links = 0
@@ -309,7 +315,7 @@ def build_item_graph(ds: Dataset, baskets: np.ndarray, config: GraphConfig = Gra
         "users_dropped": dropped_users,
         "baskets": int(nonempty.sum()),
         "baskets_oversized": oversized,
-        "baskets_sequence": int((sequence & nonempty).sum()),
+        "baskets_sequence": int((sequence & (sizes >= 2)).sum()),
         "basket_links": n_links,
     }
     return ItemGraph.from_edges(ds.n_items, np.concatenate(src_parts), np.concatenate(dst_parts),

@@ -94,9 +94,11 @@ def _copy(cursor, table: str, frame: pd.DataFrame, columns: list[str]) -> None:
     cursor.copy_expert(f"COPY {table} ({cols}) FROM STDIN WITH (FORMAT csv, NULL '\\N')", buffer)
 
 
-def _timestamps_as_text(values: pd.Series) -> pd.Series:
+def _epoch_micros(values: pd.Series) -> pd.Series:
+    """Timestamps as integer microseconds since the epoch (nullable): far cheaper to COPY than text."""
     ts = pd.to_datetime(values, utc=True)
-    return ts.dt.strftime("%Y-%m-%dT%H:%M:%S.%f+00:00").where(ts.notna(), None)
+    micros = ts.dt.tz_convert("UTC").dt.tz_localize(None).astype("datetime64[us]").astype("int64")
+    return micros.astype("Int64").where(ts.notna().to_numpy(), pd.NA)
 
 
 def load_frames(engine: Engine, frames: LoadFrames, *, create_missing_items: bool = False,
@@ -131,12 +133,15 @@ def load_frames(engine: Engine, frames: LoadFrames, *, create_missing_items: boo
         # --- items -----------------------------------------------------------------------
         if len(frames.items):
             cursor.execute(
-                "CREATE TEMP TABLE stage_items (item_id text, category text, brand text, price numeric, "
-                "title text, in_stock boolean, created_at timestamptz, attributes jsonb) ON COMMIT DROP")
+                "CREATE TEMP TABLE stage_items_raw (item_id text, category text, brand text, price numeric, "
+                "title text, in_stock boolean, created_us bigint, attributes jsonb) ON COMMIT DROP")
             items = frames.items.copy()
-            items["created_at"] = _timestamps_as_text(items["created_at"])
-            _copy(cursor, "stage_items", items,
-                  ["item_id", "category", "brand", "price", "title", "in_stock", "created_at", "attributes"])
+            items["created_us"] = _epoch_micros(items["created_at"])
+            _copy(cursor, "stage_items_raw", items,
+                  ["item_id", "category", "brand", "price", "title", "in_stock", "created_us", "attributes"])
+            cursor.execute("CREATE TEMP TABLE stage_items ON COMMIT DROP AS SELECT item_id, category, brand, price, "
+                           "title, in_stock, timestamptz 'epoch' + created_us * interval '1 microsecond' AS created_at, attributes "
+                           "FROM stage_items_raw")
             set_columns = ["category", *[c for c in present_optional if c != "created_at"]]
             assignments = [f"{c} = EXCLUDED.{c}" for c in set_columns]
             compare_new = [f"EXCLUDED.{c}" for c in set_columns]
@@ -163,14 +168,21 @@ def load_frames(engine: Engine, frames: LoadFrames, *, create_missing_items: boo
         # --- purchases -------------------------------------------------------------------
         if len(frames.purchases):
             cursor.execute(
-                "CREATE TEMP TABLE stage_purchases (user_id text, item_id text, purchased_at timestamptz, "
-                "order_id text, quantity integer, unit_price numeric, line_no integer, file_path text, "
-                "file_sha256 text, row_number integer) ON COMMIT DROP")
-            purchases = frames.purchases.copy()
-            purchases["purchased_at"] = _timestamps_as_text(purchases["purchased_at"])
-            _copy(cursor, "stage_purchases", purchases,
-                  ["user_id", "item_id", "purchased_at", "order_id", "quantity", "unit_price", "line_no",
-                   "file_path", "file_sha256", "row_number"])
+                "CREATE TEMP TABLE stage_purchases_raw (user_id text, item_id text, purchased_us bigint, "
+                "order_id text, quantity integer, unit_price numeric, line_no integer, row_number integer) "
+                "ON COMMIT DROP")
+            purchases = frames.purchases
+            staged = pd.DataFrame({"purchased_us": _epoch_micros(purchases["purchased_at"])})
+            for column in ["user_id", "item_id", "order_id", "quantity", "unit_price", "line_no", "row_number"]:
+                staged[column] = purchases[column].to_numpy()
+            _copy(cursor, "stage_purchases_raw", staged,
+                  ["user_id", "item_id", "purchased_us", "order_id", "quantity", "unit_price", "line_no", "row_number"])
+            # one purchases file per load: its path and checksum are constants, not staged per row
+            cursor.execute(
+                "CREATE TEMP TABLE stage_purchases ON COMMIT DROP AS SELECT user_id, item_id, "
+                "timestamptz 'epoch' + purchased_us * interval '1 microsecond' AS purchased_at, order_id, quantity, unit_price, line_no, "
+                "%s::text AS file_path, %s::text AS file_sha256, row_number FROM stage_purchases_raw",
+                (str(purchases["file_path"].iloc[0]), str(purchases["file_sha256"].iloc[0])))
             if create_missing_items:
                 cursor.execute(
                     "INSERT INTO items (item_id, category) SELECT DISTINCT s.item_id, %s FROM stage_purchases s "

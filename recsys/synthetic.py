@@ -390,6 +390,16 @@ def _make_purchases(config: ShopConfig, catalogue: dict, rng: np.random.Generato
         top_overall = int(np.flatnonzero(established)[np.argmax(weight[established])])
         line_item[pending] = np.where(noise[pending], top_overall, best[line_comm[pending]])
 
+    # Till baskets of one user on one day are one visit (as the loader and sessions see
+    # them): fold them together so a repeated item becomes quantity, not a repeated line.
+    till = np.flatnonzero(~has_order)
+    visit = np.arange(n_baskets)
+    if len(till):
+        _, first, inverse = np.unique(basket_user[till] * (end_s // DAY_S + 1) + basket_time[till] // DAY_S,
+                                      return_index=True, return_inverse=True)
+        visit[till] = till[first][inverse]
+    line_basket = visit[line_basket]
+
     # One line per (basket, item); drawing an item twice raises its quantity.
     key = line_basket * len(community) + line_item
     key, counts = np.unique(key, return_counts=True)

@@ -324,55 +324,106 @@ def train_embeddings(ds: Dataset, walks_or_graph, config: TrainConfig = TrainCon
                         "device": str(device)})
 
 
+def window_masks(walks: np.ndarray, window: int, rng: np.random.Generator | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per offset o = 1..window: (forward, backward) bool masks of shape (n, L - o).
+
+    forward[r, i]: position i is a center with context i + o; backward[r, i]:
+    position i + o is a center with context i. The same pairs, in the same
+    order, as `skipgram_pairs` with the same rng state.
+    """
+    n, length = walks.shape
+    valid = walks >= 0
+    reach = rng.integers(1, window + 1, size=(n, length)) if rng is not None else np.full((n, length), window)
+    masks = []
+    for offset in range(1, min(window, length - 1) + 1):
+        both = valid[:, :-offset] & valid[:, offset:]
+        masks.append((both & (reach[:, :-offset] >= offset), both & (reach[:, offset:] >= offset)))
+    return masks
+
+
 def _train_step(model: EGES, walks: np.ndarray, config: TrainConfig, pair_rng, gen, noise: NoiseSampler,
                 optimisers, context_opt, attention_opt, has_side, drop_share: float, lr: float,
                 device) -> tuple[float, int]:
-    """One SGNS step on a batch of walks; returns (summed loss, number of pairs)."""
-    centers, contexts = skipgram_pairs(walks, config.window, pair_rng if config.dynamic_window else None)
-    if len(centers) == 0:
-        return 0.0, 0
-    flat = walks.reshape(-1)
-    valid = flat >= 0
-    compact = np.cumsum(valid) - 1  # walk position -> index among valid positions
-    nodes = torch.from_numpy(flat[valid].astype(np.int64)).to(device)
-    center_idx = torch.from_numpy(compact[centers]).to(device)
-    context_idx = torch.from_numpy(compact[contexts]).to(device)
-    n_pos = len(nodes)
-    pairs_per_center = torch.bincount(center_idx, minlength=n_pos).to(torch.float32)
+    """One SGNS step on a batch of walks; returns (summed loss, number of pairs).
 
-    rows = model.rows(nodes)
+    Pairs are never materialised: for each window offset o the scores of all
+    pairs (i, i+o) are one elementwise product of the walk-shaped tensors
+    shifted by o, and so are their gradients (written out by hand below,
+    which is several times faster than autograd's scatter backward).
+    """
+    masks = window_masks(walks, config.window, pair_rng if config.dynamic_window else None)
+    n_walks, length = walks.shape
+    walks_t = torch.from_numpy(walks.astype(np.int64)).to(device)
+    valid = walks_t >= 0
+    nodes_w = walks_t.clamp(min=0)  # padding reads row 0; its gradients are masked out
+    dim = model.dim
+
+    # H for every walk position: attention over the gathered component rows.
+    flat_nodes = nodes_w.reshape(-1)
+    rows = model.rows(flat_nodes)
     drop = None
     if drop_share > 0:
-        drop = (torch.rand(n_pos, generator=gen, device=device) < drop_share) & has_side[nodes]
+        drop = (torch.rand(len(flat_nodes), generator=gen, device=device) < drop_share) & has_side[flat_nodes]
     tables = model.tables()
-    components = torch.stack([t[rows[:, j]] for j, t in enumerate(tables)], dim=1).requires_grad_(True)
-    logits = model.logits(nodes, drop)
-    eges = model.mode == "eges"
-    if eges:
-        logits = logits.detach().requires_grad_(True)
-    h, _ = aggregate(components, logits, model.present(rows, drop))
+    components = torch.stack([t[rows[:, j]] for j, t in enumerate(tables)], dim=1)  # (P, J, d)
+    present = model.present(rows, drop)
+    h, weights = aggregate(components, model.logits(flat_nodes, drop), present)
     context = model.context_embedding.weight
-    positive = context[nodes].requires_grad_(True)
-    negative_items = noise.sample((n_pos, config.negatives), gen)
-    negative = context[negative_items].requires_grad_(True)
+    x = context[flat_nodes]
+    h_w, x_w = h.view(n_walks, length, dim), x.view(n_walks, length, dim)
+    grad_h = torch.zeros_like(h_w)
+    grad_x = torch.zeros_like(x_w)
+    pairs_per_center = torch.zeros(n_walks, length, device=device)
 
-    pos_loss = -torch.nn.functional.logsigmoid((h[center_idx] * positive[context_idx]).sum(-1)).sum()
-    neg_scores = torch.bmm(negative, h.unsqueeze(-1)).squeeze(-1)
-    neg_loss = (-torch.nn.functional.logsigmoid(-neg_scores).sum(-1) * pairs_per_center).sum()
-    loss = pos_loss + neg_loss
-    loss.backward()
+    loss = torch.zeros((), device=device)
+    for offset, (forward, backward) in enumerate(masks, start=1):
+        for mask, c_sl, t_sl in ((forward, slice(None, -offset), slice(offset, None)),
+                                 (backward, slice(offset, None), slice(None, -offset))):
+            m = torch.from_numpy(mask).to(device=device, dtype=h.dtype)
+            hc, xt = h_w[:, c_sl], x_w[:, t_sl]
+            score = (hc * xt).sum(-1)
+            loss -= (torch.nn.functional.logsigmoid(score) * m).sum()
+            g = (torch.sigmoid(score) - 1.0) * m  # d loss / d score
+            grad_h[:, c_sl] += g.unsqueeze(-1) * xt
+            grad_x[:, t_sl] += g.unsqueeze(-1) * hc
+            pairs_per_center[:, c_sl] += m
+    n_pairs = int(pairs_per_center.sum().item())
+    if n_pairs == 0:
+        return 0.0, 0
 
-    with torch.no_grad():
-        for j, (table, opt) in enumerate(zip(tables, optimisers)):
-            opt.step(table, rows[:, j], components.grad[:, j], lr)
-        if model.n_features:
-            for table in tables[1:]:
-                table[0].zero_()  # the "missing" row stays neutral
-        context_opt.step(context, nodes, positive.grad, lr)
-        context_opt.step(context, negative_items.reshape(-1), negative.grad.reshape(-1, model.dim), lr)
-        if eges:
-            attention_opt.step(model.attention_logits, nodes, logits.grad, lr)
-    return float(loss.detach()), len(centers)
+    # Negatives: K noise items per center position, counted once per pair of that center.
+    keep = (pairs_per_center.reshape(-1) > 0).nonzero().squeeze(1)
+    h_c = h[keep]
+    w_c = pairs_per_center.reshape(-1)[keep]
+    negative_items = noise.sample((len(keep), config.negatives), gen)
+    negative = context[negative_items]  # (C, K, d)
+    neg_score = torch.bmm(negative, h_c.unsqueeze(-1)).squeeze(-1)
+    loss -= (torch.nn.functional.logsigmoid(-neg_score).sum(-1) * w_c).sum()
+    g_neg = torch.sigmoid(neg_score) * w_c.unsqueeze(1)  # (C, K)
+    grad_h_flat = grad_h.view(-1, dim)
+    grad_h_flat.index_add_(0, keep, torch.bmm(g_neg.unsqueeze(1), negative).squeeze(1))
+    grad_negative = g_neg.unsqueeze(-1) * h_c.unsqueeze(1)
+
+    # Back through the attention: dH/dcomponent_j = w_j; dH/dlogit_j = w_j (<g, c_j> - <g, H>).
+    valid_flat = valid.reshape(-1)
+    pos = valid_flat.nonzero().squeeze(1)
+    g_h = grad_h_flat[pos]
+    grad_components = weights[pos].unsqueeze(-1) * g_h.unsqueeze(1)  # (P, J, d)
+    for j, (table, opt) in enumerate(zip(tables, optimisers)):
+        w_present = present[pos, j]
+        if j > 0 and not bool(w_present.all()):
+            sel = w_present.nonzero().squeeze(1)
+            opt.step(table, rows[pos[sel], j], grad_components[sel, j], lr)
+        else:
+            opt.step(table, rows[pos, j], grad_components[:, j], lr)
+    if model.mode == "eges":
+        dw = (components[pos] * g_h.unsqueeze(1)).sum(-1)  # (P, J)
+        w = weights[pos]
+        grad_logits = w * (dw - (w * dw).sum(1, keepdim=True))
+        attention_opt.step(model.attention_logits, flat_nodes[pos], grad_logits, lr)
+    context_opt.step(context, torch.cat([flat_nodes[pos], negative_items.reshape(-1)]),
+                     torch.cat([grad_x.view(-1, dim)[pos], grad_negative.reshape(-1, dim)]), lr)
+    return float(loss.item()), n_pairs
 
 
 def _to_trained(model: EGES, features: ItemFeatures, counts: np.ndarray, losses: list[float],
@@ -412,3 +463,167 @@ def fit_cold_map(trained: TrainedModel, warm: np.ndarray, alpha: float = 1.0) ->
     # alpha is relative to the average feature variance, so it is scale-free
     gram[np.diag_indices_from(gram)] += alpha * max(np.trace(gram) / len(gram), 1e-12)
     return np.linalg.solve(gram, x.T @ y).astype(np.float32)
+
+
+# --------------------------------------------------------------------------- recommenders
+def _unit_rows(m: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(m, axis=1, keepdims=True)
+    return m / np.maximum(norms, 1e-12)
+
+
+@dataclass
+class Scorer:
+    """How a query vector ranks candidates: cosine/dot against H, or <q, c_b> + beta log pop_b.
+
+    "inout_prior" is maximum-inner-product friendly: query [q, 1] against
+    items [c_b, beta * log(1 + pop_b)].
+    """
+
+    kind: str  # "cosine" | "dot" | "inout" | "inout_prior"
+    beta: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.kind not in SCORERS[1:]:
+            raise ValueError(f"scorer must be one of {SCORERS[1:]}, got {self.kind!r}")
+
+    def item_matrix(self, trained: TrainedModel, log_popularity: np.ndarray) -> np.ndarray:
+        """(n_items, dim [+1]) candidate side of the inner product."""
+        if self.kind == "cosine":
+            return _unit_rows(trained.item_vectors)
+        if self.kind == "dot":
+            return trained.item_vectors
+        beta = self.beta if self.kind == "inout_prior" else 0.0
+        return np.concatenate([trained.context_vectors, (beta * log_popularity)[:, None].astype(np.float32)], axis=1)
+
+    def query_matrix(self, vectors: np.ndarray) -> np.ndarray:
+        if self.kind == "cosine":
+            return _unit_rows(vectors)
+        if self.kind == "dot":
+            return vectors
+        return np.concatenate([vectors, np.ones((len(vectors), 1), np.float32)], axis=1)
+
+    def to_dict(self) -> dict:
+        return {"kind": self.kind, "beta": self.beta}
+
+
+def _candidate_scorers(config: TrainConfig) -> list[Scorer]:
+    if config.scorer == "auto":
+        kinds = ["cosine", "dot", "inout_prior"]
+    else:
+        kinds = [config.scorer]
+    out = []
+    for kind in kinds:
+        if kind == "inout_prior":
+            betas = config.beta_grid if config.prior_beta is None else (config.prior_beta,)
+            out += [Scorer(kind, float(b)) for b in betas]
+        else:
+            out.append(Scorer(kind))
+    return out
+
+
+class EGESRecommender:
+    """EGES/GES/BGE behind the evaluation protocol's Recommender interface.
+
+    fit(train): baskets -> item graph -> walks -> embeddings. When the scorer
+    (or the popularity weight beta) is to be chosen, the last
+    `validation_fraction` of the training purchases is held out first, the
+    model trained on the rest, each candidate scorer measured on Recall@20
+    there (warm and cold separately), and then the model is retrained on
+    the whole training period (`refit`). The test period is never looked at.
+    """
+
+    def __init__(self, config: TrainConfig | None = None, mode: str | None = None, name: str | None = None,
+                 graph_config=None, session_gap_s: int = 3600, progress: bool = False):
+        config = config or TrainConfig()
+        if mode is not None:
+            config = dataclasses.replace(config, mode=mode)
+        config.validate()
+        self.config = config
+        self.name = name or config.mode.upper()
+        self.graph_config = graph_config
+        self.session_gap_s = session_gap_s
+        self.progress = progress
+        self.trained: TrainedModel | None = None
+        self.warm_scorer: Scorer | None = None
+        self.cold_scorer: Scorer | None = None
+        self.validation: dict = {}
+
+    # -- training ------------------------------------------------------------
+    def _train(self, ds: Dataset) -> TrainedModel:
+        from recsys.graph import GraphConfig, build_item_graph
+        from recsys.sessions import make_baskets
+
+        graph = build_item_graph(ds, make_baskets(ds, self.session_gap_s), self.graph_config or GraphConfig())
+        return train_embeddings(ds, graph, self.config, progress=self.progress)
+
+    def embed_graph(self, ds: Dataset, graph) -> np.ndarray:
+        """Item vectors trained on a given graph (link-prediction AUC)."""
+        return train_embeddings(ds, graph, self.config, progress=self.progress).item_vectors
+
+    def fit(self, train: Dataset) -> None:
+        candidates = _candidate_scorers(self.config)
+        self.warm_scorer = self.cold_scorer = candidates[0]
+        if len(candidates) > 1 and self.config.validation_fraction > 0:
+            self._choose_scorers(train, candidates)
+            if self.config.refit:
+                self.trained = self._train(train)
+        if self.trained is None or not self.config.refit or len(candidates) == 1:
+            self.trained = self._train(train)
+        self.log_popularity = np.log1p(np.bincount(train.purchase_item, minlength=train.n_items)).astype(np.float32)
+        self._cold_codes = item_features(train, self.config.n_price_tiers).codes
+        self._warm_items = self.warm_scorer.item_matrix(self.trained, self.log_popularity)
+        self._cold_items = self.cold_scorer.item_matrix(self.trained, self.log_popularity)
+
+    def _choose_scorers(self, train: Dataset, candidates: list[Scorer]) -> None:
+        from recsys.evaluate import EvalConfig, prepare, score_queries
+
+        evc = EvalConfig(test_fraction=self.config.validation_fraction, session_gap_s=self.session_gap_s,
+                         max_queries=self.config.validation_queries, seed=self.config.seed,
+                         include_link_prediction=False)
+        prep = prepare(train, evc)
+        trained = self._train(prep.split.train)
+        log_pop = np.log1p(prep.popularity).astype(np.float32)
+        codes = trained.item_feature_codes
+        results: dict[str, dict[str, float]] = {"warm": {}, "cold": {}}
+        for scorer in candidates:
+            items = scorer.item_matrix(trained, log_pop)
+            warm_fn = lambda a, s=scorer, m=items: s.query_matrix(trained.item_vectors[a]) @ m.T
+            cold_fn = lambda a, s=scorer, m=items: s.query_matrix(trained.cold_vectors_from_codes(codes[a])) @ m.T
+            key = f"{scorer.kind}:{scorer.beta:g}"
+            for segment, fn, queries, mask in (("warm", warm_fn, prep.warm_queries, True),
+                                               ("cold", cold_fn, prep.cold_queries, False)):
+                if queries.n_queries:
+                    metrics = score_queries(fn, queries, prep.columns, train.n_items, (20,), mask_anchor=mask,
+                                            name=self.name)
+                    results[segment][key] = metrics.recall[20]
+        by_key = {f"{s.kind}:{s.beta:g}": s for s in candidates}
+        if results["warm"]:
+            self.warm_scorer = by_key[max(results["warm"], key=results["warm"].get)]
+        # Too few cold validation queries say little: then reuse the warm choice.
+        if prep.cold_queries.n_queries >= 30:
+            self.cold_scorer = by_key[max(results["cold"], key=results["cold"].get)]
+        else:
+            self.cold_scorer = self.warm_scorer
+        self.validation = {"recall@20": results, "warm_scorer": self.warm_scorer.to_dict(),
+                           "cold_scorer": self.cold_scorer.to_dict(),
+                           "n_warm_queries": prep.warm_queries.n_queries,
+                           "n_cold_queries": prep.cold_queries.n_queries}
+        if not self.config.refit:
+            self.trained = trained
+
+    # -- scoring ---------------------------------------------------------------
+    def _check_fitted(self) -> TrainedModel:
+        if self.trained is None:
+            raise ValueError(f"{self.name}: call fit(train) before scoring")
+        return self.trained
+
+    def score_warm(self, anchors: np.ndarray) -> np.ndarray:
+        trained = self._check_fitted()
+        anchors = np.asarray(anchors, dtype=np.int64)
+        return (self.warm_scorer.query_matrix(trained.item_vectors[anchors]) @ self._warm_items.T).astype(np.float32)
+
+    def score_cold(self, anchors: np.ndarray) -> np.ndarray:
+        trained = self._check_fitted()
+        anchors = np.asarray(anchors, dtype=np.int64)
+        query = trained.cold_vectors_from_codes(self._cold_codes[anchors][:, :len(trained.feature_names)])
+        return (self.cold_scorer.query_matrix(query) @ self._cold_items.T).astype(np.float32)

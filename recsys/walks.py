@@ -23,6 +23,7 @@ from recsys.graph import ItemGraph
 
 CHUNK_WALKS = 1 << 15  # walkers advanced together; fixed so results never depend on batch_size
 DEFAULT_BATCH_SIZE = 1 << 16
+_ONE = 1 << 30  # fixed-point unit of the alias tables: probabilities exact to ~1e-9
 
 
 @dataclass
@@ -49,52 +50,63 @@ def build_alias_table(graph: ItemGraph) -> AliasTable:
     filled by the first heavy j with X_j >= P_(i-1), and heavy j turns light
     after the first light i with P_i > X_j, keeping 1 + X_j - P_i. Because
     deficits and excesses cancel within every node, global prefix sums line
-    up at node boundaries and a single searchsorted serves all nodes.
+    up at node boundaries and a single searchsorted serves all nodes. Sums
+    are done in 2^-30 fixed point so they are exact.
     """
     indptr = graph.indptr.astype(np.int64)
     deg = np.diff(indptr)
-    n_edges = len(graph.weights)
+    n_nodes, n_edges = len(deg), len(graph.weights)
     prob = np.ones(n_edges, dtype=np.float64)
     alias = np.arange(n_edges, dtype=np.int64)
     if n_edges == 0:
         return AliasTable(prob, alias)
-    w = graph.weights.astype(np.float64)
-    node = np.repeat(np.arange(len(deg), dtype=np.int64), deg)
-    has_edges = deg > 0
-    strength = np.add.reduceat(w, indptr[:-1][has_edges])
-    scaled = np.empty(n_edges)
-    scaled = w * (deg[has_edges] / strength)[np.cumsum(has_edges)[node] - 1]
-    row_max = np.maximum.reduceat(scaled, indptr[:-1][has_edges])[np.cumsum(has_edges)[node] - 1]
-    # The largest edge of each node is always heavy, so rounding can never
-    # leave a node without a heavy.
-    heavy = (scaled >= 1.0) | (scaled == row_max)
+    node = np.repeat(np.arange(n_nodes, dtype=np.int64), deg)
+    starts = indptr[:-1][deg > 0]
+    strength = np.add.reduceat(graph.weights.astype(np.float64), starts)
+    # Fixed point with exact integer sums: every node's weights, scaled to
+    # mean ONE, add up to exactly deg * ONE (the rounding residue goes to its
+    # largest edge), so deficits and excesses cancel exactly per node and the
+    # global prefix sums below never drift.
+    scale = np.zeros(n_nodes)
+    scale[deg > 0] = deg[deg > 0] * float(_ONE) / strength
+    q = np.rint(graph.weights * scale[node]).astype(np.int64)
+    node_max = np.zeros(n_nodes, dtype=np.int64)
+    node_max[deg > 0] = np.maximum.reduceat(q, starts)
+    at_max = np.flatnonzero(q == node_max[node])
+    first_max = at_max[np.r_[True, node[at_max][1:] != node[at_max][:-1]]]
+    q[first_max] += deg[deg > 0] * _ONE - np.add.reduceat(q, starts)
+    if np.any(q < 0):
+        raise ValueError("alias table: edge weights must be finite and > 0")
+
+    heavy = q >= _ONE  # the mean is exactly ONE, so every node has one
     light_idx = np.flatnonzero(~heavy)
-    heavy_idx = np.flatnonzero(heavy)
     if len(light_idx) == 0:
         return AliasTable(prob, alias)
-    deficit_incl = np.cumsum(1.0 - scaled[light_idx])  # P_i
-    deficit_excl = deficit_incl - (1.0 - scaled[light_idx])  # P_(i-1)
-    excess_incl = np.cumsum(np.maximum(scaled[heavy_idx] - 1.0, 0.0))  # X_j
+    heavy_idx = np.flatnonzero(heavy)
+    light_deficit = _ONE - q[light_idx]
+    deficit_incl = np.cumsum(light_deficit)  # P_i
+    deficit_excl = deficit_incl - light_deficit  # P_(i-1)
+    excess_incl = np.cumsum(q[heavy_idx] - _ONE)  # X_j
 
-    # Each node's heavies occupy one contiguous run of heavy_idx: clamp into it.
-    heavies_per_node = np.bincount(node[heavy_idx], minlength=len(deg))
-    heavy_start = np.cumsum(heavies_per_node) - heavies_per_node
-    heavy_stop = heavy_start + heavies_per_node  # exclusive
-
+    # Each node's heavies (and lights) are one contiguous run. The prefix sums
+    # of neighbouring nodes meet exactly at the boundary, so a search can land
+    # on the previous node's last heavy: clamp into the node's run.
+    heavies_per_node = np.bincount(node[heavy_idx], minlength=n_nodes)
+    heavy_stop = np.cumsum(heavies_per_node)  # exclusive end in heavy_idx
+    heavy_start = heavy_stop - heavies_per_node
     light_node = node[light_idx]
     j = np.searchsorted(excess_incl, deficit_excl, side="left")
-    j = np.clip(j, heavy_start[light_node], heavy_stop[light_node] - 1)
-    prob[light_idx] = scaled[light_idx]
+    np.maximum(j, heavy_start[light_node], out=j)
+    prob[light_idx] = q[light_idx] / _ONE
     alias[light_idx] = heavy_idx[j]
 
-    lights_per_node = np.bincount(light_node, minlength=len(deg))
-    light_stop = np.cumsum(lights_per_node)  # exclusive end in light_idx
+    light_stop = np.cumsum(np.bincount(light_node, minlength=n_nodes))  # exclusive end in light_idx
     heavy_node = node[heavy_idx]
     i = np.searchsorted(deficit_incl, excess_incl, side="right")
     pos = np.arange(len(heavy_idx))
     turns_light = (i < light_stop[heavy_node]) & (pos < heavy_stop[heavy_node] - 1)
     k = pos[turns_light]
-    prob[heavy_idx[k]] = np.clip(1.0 + excess_incl[k] - deficit_incl[i[turns_light]], 0.0, 1.0)
+    prob[heavy_idx[k]] = (_ONE + excess_incl[k] - deficit_incl[i[turns_light]]) / _ONE
     alias[heavy_idx[k]] = heavy_idx[k + 1]
     return AliasTable(prob, alias)
 
@@ -124,29 +136,34 @@ def n_walks(graph: ItemGraph, walks_per_node: int = 20, start_nodes: np.ndarray 
 
 
 def _walk_chunk(starts: np.ndarray, walk_length: int, rng: np.random.Generator, node_start: np.ndarray,
-                deg_f: np.ndarray, table: AliasTable, indices: np.ndarray) -> np.ndarray:
-    walks = np.empty((len(starts), walk_length), dtype=np.int32)
-    walks[:, 0] = starts
-    cur = starts.astype(np.int64)
-    alive = None  # None = every walker still has a node
+                deg_f: np.ndarray, prob: np.ndarray, target: np.ndarray, alias_target: np.ndarray) -> np.ndarray:
+    """Walks from `starts`; one uniform draw per walker and step picks slot and coin."""
+    # Filled step by step as rows of a [walk_length, n] array: contiguous writes.
+    steps = np.empty((walk_length, len(starts)), dtype=np.int32)
+    steps[0] = starts
+    cur = starts
+    ended = None  # walkers that hit a dead end; None while there are none
     for t in range(1, walk_length):
-        u = rng.random(len(cur)) * deg_f[cur]
+        deg = deg_f[cur]
+        u = rng.random(len(cur))
+        u *= deg
         slot = u.astype(np.int64)
-        np.minimum(slot, deg_f[cur].astype(np.int64) - 1, out=slot)  # u*deg can round up to deg
+        np.minimum(slot, deg.astype(np.int64) - 1, out=slot)  # u*deg can round up to deg
         edge = node_start[cur] + slot
-        edge = np.where(u - slot < table.prob[edge], edge, table.alias[edge])
-        nxt = indices[edge].astype(np.int64)
-        stuck = deg_f[cur] == 0  # dead end: the walk ends here
-        if alive is not None:
-            stuck |= ~alive
+        u -= slot  # the remaining fraction is the alias coin
+        nxt = np.where(u < prob[edge], target[edge], alias_target[edge])
+        stuck = deg == 0
+        if ended is not None:
+            stuck |= ended
         if stuck.any():
-            alive = ~stuck
-            nxt[stuck] = 0
-            walks[:, t] = np.where(stuck, -1, nxt)
+            ended = stuck
+            nxt[stuck] = -1
+            steps[t] = nxt
+            nxt[stuck] = 0  # any valid node; its row is masked out above
         else:
-            walks[:, t] = nxt
+            steps[t] = nxt
         cur = nxt
-    return walks
+    return np.ascontiguousarray(steps.T)
 
 
 def iter_walks(graph: ItemGraph, walk_length: int = 10, walks_per_node: int = 20, seed: int = 0,
@@ -163,16 +180,21 @@ def iter_walks(graph: ItemGraph, walk_length: int = 10, walks_per_node: int = 20
     if len(starts_all) == 0 or walks_per_node == 0:
         return
     table = build_alias_table(graph)
+    # Compact copies for stepping: the coin only needs float32, and storing
+    # the alias' target node saves a dependent gather per step.
+    prob = table.prob.astype(np.float32)
+    alias_target = graph.indices[table.alias]
+    del table
     node_start = graph.indptr[:-1].astype(np.int64)
     deg_f = np.diff(graph.indptr).astype(np.float64)
-    indices = graph.indices
     pending: list[np.ndarray] = []
     n_pending = 0
     for rnd in range(walks_per_node):
         order = np.random.default_rng([seed, rnd, 0]).permutation(starts_all)
         for c, lo in enumerate(range(0, len(order), CHUNK_WALKS)):
             rng = np.random.default_rng([seed, rnd, c + 1])
-            pending.append(_walk_chunk(order[lo:lo + CHUNK_WALKS], walk_length, rng, node_start, deg_f, table, indices))
+            pending.append(_walk_chunk(order[lo:lo + CHUNK_WALKS], walk_length, rng, node_start, deg_f,
+                                        prob, graph.indices, alias_target))
             n_pending += len(pending[-1])
             if n_pending >= batch_size:
                 buffered = np.concatenate(pending) if len(pending) > 1 else pending[0]

@@ -58,6 +58,17 @@ class LoadFrames:
     def input_rows(self) -> int:
         return sum(f.rows for f in self.files)
 
+    def to_dataset(self):
+        """The in-memory Dataset these rows would extract to (no database): for tests and notebooks."""
+        from recsys.dataset import from_frames
+
+        items = self.items.copy()
+        if self.side_features:
+            attributes = [json.loads(a) for a in items["attributes"]]
+            for name in self.side_features:
+                items[name] = [a.get(name) for a in attributes]
+        return from_frames(items, self.purchases, side_features=self.side_features)
+
 
 def sha256_of(path: Path) -> str:
     digest = hashlib.sha256()
@@ -201,7 +212,8 @@ class RejectCollector:
         positions = np.flatnonzero(mask)
         self.rejected |= mask
         details = detail(positions) if callable(detail) else [detail] * len(positions)
-        raw_rows = self.source.frame.iloc[positions]
+        raw_rows = self.source.frame.iloc[positions].astype(object)
+        raw_rows = raw_rows.where(raw_rows.notna(), None)  # NaN is not JSON
         self.parts.append(pd.DataFrame({
             "file_path": str(self.source.path),
             "file_sha256": self.source.sha256,

@@ -74,7 +74,7 @@ def clean_items(source: InputFile, side_features: list[str] = ()) -> tuple[pd.Da
         "price": price[keep],
         "title": as_text(col("title"))[keep].to_numpy(dtype=object),
         "in_stock": in_stock[keep],
-        "created_at": created[keep].to_numpy(),
+        "created_at": created[keep].reset_index(drop=True),
         "attributes": attributes,
     })
     return items, rejects.frame()
@@ -121,7 +121,7 @@ def _purchase_frame(source: InputFile, rejects: RejectCollector, ts: pd.Series, 
     purchases = pd.DataFrame({
         "user_id": (as_text(f["user_id"]) if user_id is None else user_id)[keep].to_numpy(dtype=object),
         "item_id": (as_text(f["item_id"]) if item_id is None else item_id)[keep].to_numpy(dtype=object),
-        "purchased_at": ts[keep].to_numpy(),
+        "purchased_at": ts[keep].reset_index(drop=True),
         "order_id": order_id[keep].to_numpy(dtype=object),
         "quantity": qty[keep].astype(np.int64),
         "unit_price": price[keep],

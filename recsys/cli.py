@@ -1,0 +1,226 @@
+"""The `recsys` command line. Thin: every command calls the library."""
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from recsys.errors import UserError
+
+DATASETS = ("tafeng", "online-retail")
+
+
+def _fail(message: str, code: int = 2) -> None:
+    click.echo(click.style("Error: ", fg="red", bold=True) + message, err=True)
+    sys.exit(code)
+
+
+def user_errors(func):
+    """Print user mistakes as one paragraph instead of a traceback."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        import sqlalchemy as sa
+
+        try:
+            return func(*args, **kwargs)
+        except UserError as exc:
+            _fail(str(exc))
+        except sa.exc.OperationalError as exc:
+            detail = str(getattr(exc, "orig", exc)).strip().splitlines()[0]
+            _fail(f"The database failed during the command ({detail}). Nothing was changed by the interrupted "
+                  "step; check the server and run the command again.")
+        except KeyboardInterrupt:
+            _fail("Interrupted. Nothing half-written was kept (each step commits atomically).", code=130)
+
+    return wrapper
+
+
+def database_option(func):
+    return click.option("--database-url", envvar="RECSYS_DATABASE_URL", default=None,
+                        help="SQLAlchemy URL of your Postgres (postgresql+psycopg2://...). "
+                             "Default: $RECSYS_DATABASE_URL, else the embedded Postgres under $RECSYS_HOME.")(func)
+
+
+def _engine(database_url: str | None):
+    from recsys.config import get_settings
+    from recsys.db import get_engine
+
+    return get_engine(get_settings(database_url=database_url))
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="recsys")
+def main():
+    """Item embeddings (EGES) and a similar-items index from your shop's Postgres."""
+    os.environ.setdefault("DO_NOT_TRACK", "1")
+
+
+@main.command()
+@click.option("--items", "items_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Items file (.csv or .parquet): item_id, category [, brand, price, title, in_stock, created_at, ...].")
+@click.option("--purchases", "purchases_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Purchases file (.csv or .parquet): user_id, item_id, purchased_at [, order_id, quantity, unit_price].")
+@click.option("--dataset", type=click.Choice(DATASETS), help="Use a built-in adapter for a public data set.")
+@click.argument("path", required=False, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--side-feature", "side_features", multiple=True,
+              help="An extra items column to use as a categorical side feature (repeatable).")
+@click.option("--create-missing-items", is_flag=True,
+              help="Create catalogue rows (category 'unknown') for purchased items missing from the catalogue "
+                   "instead of rejecting those purchases.")
+@click.option("--strict", is_flag=True, help="Abort the whole load, changing nothing, if any row would be rejected.")
+@click.option("--encoding", default="utf-8", show_default=True, help="Text encoding of CSV files.")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path),
+              help="Also write the load report as JSON.")
+@database_option
+@user_errors
+def load(items_path, purchases_path, dataset, path, side_features, create_missing_items, strict, encoding,
+         json_out, database_url):
+    """Import a catalogue and purchase history into Postgres.
+
+    \b
+    recsys load --items items.csv --purchases purchases.parquet [--side-feature color]
+    recsys load --dataset tafeng ../shared/data/tafeng/ta_feng.csv.zip
+    recsys load --dataset online-retail online_retail.parquet
+
+    Idempotent: loading the same files again changes nothing. Every input row is
+    loaded or rejected with a reason (table load_rejects; `recsys rejects`).
+    """
+    from recsys.load import load_frames
+
+    if dataset:
+        if path is None:
+            raise UserError(f"--dataset {dataset} needs the path of the data set file, e.g. "
+                            f"`recsys load --dataset {dataset} PATH`.")
+        if items_path or purchases_path:
+            raise UserError("--dataset reads one file; do not combine it with --items/--purchases.")
+        if side_features:
+            raise UserError("--side-feature applies to --items files; the adapters declare their own side features.")
+        if dataset == "tafeng":
+            from recsys.loaders.tafeng import read_frames
+        else:
+            from recsys.loaders.online_retail import read_frames
+        click.echo(f"Reading {path} ({dataset}) ...")
+        frames = read_frames(path, encoding=encoding)
+    else:
+        if path is not None:
+            raise UserError(f"Unexpected argument {str(path)!r}: use --items/--purchases, or --dataset NAME PATH.")
+        from recsys.loaders.generic import read_frames
+
+        click.echo("Reading " + ", ".join(str(p) for p in (items_path, purchases_path) if p) + " ...")
+        frames = read_frames(items_path, purchases_path, side_features=list(side_features), encoding=encoding)
+    engine = _engine(database_url)
+    click.echo(f"Writing {frames.input_rows:,} rows to {engine.url.render_as_string(hide_password=True)} ...")
+    report = load_frames(engine, frames, create_missing_items=create_missing_items, strict=strict)
+    click.echo(report.to_text())
+    if json_out:
+        Path(json_out).write_text(json.dumps(report.as_dict(), indent=2))
+
+
+@main.command()
+@click.option("--load", "load_id", type=int, help="Only this load (default: the latest load with rejects).")
+@click.option("--reason", help="Only this reason code.")
+@click.option("--limit", default=20, show_default=True, help="Rows to list.")
+@database_option
+@user_errors
+def rejects(load_id, reason, limit, database_url):
+    """List rows that a load rejected, with file, row, field and reason."""
+    import sqlalchemy as sa
+
+    from recsys.migrate import migrate
+
+    engine = _engine(database_url)
+    migrate(engine)
+    with engine.connect() as conn:
+        if load_id is None:
+            load_id = conn.execute(sa.text("SELECT max(load_id) FROM load_rejects")).scalar()
+            if load_id is None:
+                click.echo("No rejected rows recorded.")
+                return
+        where, params = "load_id = :l", {"l": load_id}
+        if reason:
+            where += " AND reason = :r"
+            params["r"] = reason
+        counts = conn.execute(sa.text(f"SELECT reason, count(*) FROM load_rejects WHERE {where} "
+                                      "GROUP BY reason ORDER BY 2 DESC"), params).fetchall()
+        click.echo(f"Load {load_id}: " + (", ".join(f"{r} {c:,}" for r, c in counts) or "no rejected rows"))
+        rows = conn.execute(sa.text(f"SELECT file_path, row_number, field, reason, detail FROM load_rejects "
+                                    f"WHERE {where} ORDER BY file_path, row_number LIMIT :lim"),
+                            {**params, "lim": limit}).fetchall()
+    for file_path, row_number, field, reason_code, detail in rows:
+        field_part = f", field {field!r}" if field else ""
+        click.echo(f"  {file_path}, row {row_number}{field_part} [{reason_code}]: {detail}")
+
+
+@main.group()
+def db():
+    """The database: migrations and the embedded server."""
+
+
+@db.command("migrate")
+@database_option
+@user_errors
+def db_migrate(database_url):
+    """Apply pending schema migrations (every command does this when needed)."""
+    from recsys.migrate import migrate
+
+    applied = migrate(_engine(database_url))
+    click.echo("Applied: " + ", ".join(applied) if applied else "Schema is up to date.")
+
+
+@db.command("status")
+@database_option
+@user_errors
+def db_status(database_url):
+    """Where the database is and what it holds."""
+    import sqlalchemy as sa
+
+    from recsys.migrate import migrate
+
+    engine = _engine(database_url)
+    migrate(engine)
+    with engine.connect() as conn:
+        items = conn.execute(sa.text("SELECT count(*) FROM items")).scalar()
+        purchases, first, last = conn.execute(sa.text(
+            "SELECT count(*), min(purchased_at), max(purchased_at) FROM purchases")).one()
+        users = conn.execute(sa.text("SELECT count(DISTINCT user_id) FROM purchases")).scalar()
+    click.echo(f"Database: {engine.url.render_as_string(hide_password=True)}")
+    click.echo(f"  items: {items:,}  purchases: {purchases:,}  users: {users:,}")
+    if purchases:
+        click.echo(f"  purchases from {first:%Y-%m-%d} to {last:%Y-%m-%d}")
+
+
+@db.command("stop")
+@user_errors
+def db_stop():
+    """Stop the embedded Postgres server (it is restarted by the next command)."""
+    from recsys.config import get_settings
+    from recsys.db import stop_embedded
+
+    settings = get_settings()
+    stopped = stop_embedded(settings)
+    click.echo(f"Stopped the embedded Postgres in {settings.embedded_pgdata}." if stopped
+               else "The embedded Postgres is not running.")
+
+
+@main.command()
+@click.option("--data", type=click.Choice(["synthetic", *DATASETS]), default="synthetic", show_default=True,
+              help="The shop to run on: a generated one, or a built-in data set from --data-path.")
+@click.option("--data-path", type=click.Path(dir_okay=False, path_type=Path),
+              help="File of the built-in data set (default: ../shared/data/...).")
+@click.option("--seed", default=0, show_default=True)
+@database_option
+@user_errors
+def demo(data, data_path, seed, database_url):
+    """The main job on the embedded default: load a shop and summarise it."""
+    from recsys.demo import run_demo
+
+    run_demo(data=data, data_path=data_path, seed=seed, database_url=database_url, echo=click.echo)
+
+
+if __name__ == "__main__":
+    main()
