@@ -239,17 +239,19 @@ def _cg_half_step(r: sp.csr_matrix, x: np.ndarray, y: np.ndarray, reg: float, al
 
 
 class MatrixFactorizationRecommender(_Fitted):
-    """Implicit ALS item factors; item-item score = cosine (or dot) of item factors.
+    """Implicit ALS item factors; item-item score = dot (or cosine) of item factors.
 
     `unit` picks the rows factorised against items: "user" (purchase counts
-    per user) or "basket" (basket incidence). Cold anchors use the mean
-    factor of their category's warm items.
+    per user) or "basket" (basket incidence). The dot product keeps popularity
+    in (popular items get long factors) and doubles Recall@20 over cosine on
+    Ta-Feng; cosine spreads over far more of the catalogue. Cold anchors use
+    the mean factor of their category's warm items.
     """
 
     name = "matrix factorisation"
 
     def __init__(self, dim: int = 64, regularization: float = 0.05, alpha: float = 10.0,
-                 iterations: int = 12, unit: str = "user", similarity: str = "cosine",
+                 iterations: int = 12, unit: str = "user", similarity: str = "dot",
                  session_gap_s: int = 3600, seed: int = 0):
         if unit not in ("user", "basket"):
             raise ValueError(f"unit must be 'user' or 'basket', got {unit!r}")

@@ -207,6 +207,101 @@ def db_stop():
                else "The embedded Postgres is not running.")
 
 
+def _duration(ctx, param, value):
+    from recsys.durations import parse_duration
+
+    if value is None:
+        return None
+    try:
+        return parse_duration(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+def _extract(database_url, progress=True):
+    from recsys.config import get_settings
+    from recsys.db import get_engine
+    from recsys.extract import extract_dataset
+
+    settings = get_settings(database_url=database_url)
+    engine = get_engine(settings)
+    ds = extract_dataset(engine, items_relation=settings.items_relation,
+                         purchases_relation=settings.purchases_relation, progress=progress)
+    if ds.n_purchases == 0:
+        raise UserError("The database has no purchases yet. Load some first: `recsys load --items ... "
+                        "--purchases ...` or `recsys load --dataset tafeng PATH`.")
+    return ds
+
+
+@main.command()
+@click.option("--test-fraction", default=0.15, show_default=True, type=click.FloatRange(0, 1, min_open=True, max_open=True),
+              help="The last share of purchases (by time) that forms the test period.")
+@click.option("--session-gap", default="1h", show_default=True, callback=_duration,
+              help="Gap that cuts a user's purchases without an order id into baskets (e.g. 30m, 1h, 3600).")
+@click.option("--max-queries", default=20000, show_default=True, help="Queries per segment (sampled with --seed).")
+@click.option("--rows", help="Comma-separated subset of rows to run (default: all), e.g. 'popularity,EGES'.")
+@click.option("--no-link-prediction", is_flag=True, help="Skip the link-prediction AUC (one more training per embedding row).")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), help="Also write the report as JSON.")
+@database_option
+@user_errors
+def evaluate(test_fraction, session_gap, max_queries, rows, no_link_prediction, seed, json_out, database_url):
+    """Run the offline evaluation protocol on the database's data and print the table.
+
+    Chronological split; warm queries (items bought in training) and cold queries
+    (catalogue items first bought in the test period, by side features only);
+    Recall/HitRate@10/20/50, MRR and coverage for every baseline and model row.
+    """
+    from recsys.evaluate import EvalConfig, default_recommenders
+    from recsys.evaluate import evaluate as run_evaluation
+
+    config = EvalConfig(test_fraction=test_fraction, session_gap_s=session_gap, max_queries=max_queries,
+                        seed=seed, include_link_prediction=not no_link_prediction)
+    recommenders = default_recommenders(config, extra=_compressed_rows())
+    if rows:
+        wanted = [r.strip().lower() for r in rows.split(",") if r.strip()]
+        available = {r.name.lower(): r for r in recommenders}
+        unknown = [w for w in wanted if w not in available]
+        if unknown:
+            raise UserError(f"Unknown row(s) {', '.join(unknown)}; rows are: {', '.join(r.name for r in recommenders)}.")
+        recommenders = [available[w] for w in wanted]
+    ds = _extract(database_url)
+    report = run_evaluation(ds, recommenders, config, log=lambda line: click.echo(line, err=True))
+    click.echo(report.to_table())
+    if json_out:
+        Path(json_out).write_text(report.to_json())
+        click.echo(f"Wrote {json_out}")
+
+
+def _compressed_rows():
+    """The 'EGES after PQ' row, when the index module is available."""
+    try:
+        from recsys.index import CompressedRecommender
+        from recsys.train import EGESRecommender, TrainConfig
+    except ImportError:
+        return []
+    return [CompressedRecommender(EGESRecommender(TrainConfig(), mode="eges", name="EGES (for PQ)"))]
+
+
+@main.command()
+@click.option("--quick", is_flag=True, help="Skip the BGE vs matrix factorisation comparison (the slow part).")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), help="Also write the report as JSON.")
+@database_option
+@user_errors
+def diagnose(quick, seed, json_out, database_url):
+    """Graph-readiness report: is a graph method worth it on this data?"""
+    from recsys.diagnose import DiagnoseConfig
+    from recsys.diagnose import diagnose as run_diagnose
+
+    ds = _extract(database_url)
+    report = run_diagnose(ds, DiagnoseConfig(compare_methods=not quick, seed=seed))
+    click.echo(report.to_text())
+    if json_out:
+        Path(json_out).write_text(json.dumps(report.to_dict(), indent=2))
+        click.echo(f"Wrote {json_out}")
+
+
 @main.command()
 @click.option("--data", type=click.Choice(["synthetic", *DATASETS]), default="synthetic", show_default=True,
               help="The shop to run on: a generated one, or a built-in data set from --data-path.")

@@ -167,7 +167,8 @@ def verdict_text(report: DiagnoseReport) -> str:
         parts.append(f"the purchase graph shows {report.structure}, so a graph method may pay off "
                      "(run with the method comparison to be sure).")
     if gain is not None:
-        parts.append(f"The graph shows {report.structure} (clustering {report.clustering:.2f}).")
+        looks = "looks mostly random" if report.structure == "mostly random" else f"shows {report.structure}"
+        parts.append(f"The purchase graph {looks} (clustering {report.clustering:.2f}).")
     if report.cold_item_share > 0.05:
         parts.append(f"{report.cold_item_share:.0%} of the items bought in the test period were new, "
                      "so cold start from side features (EGES) matters.")

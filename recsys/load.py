@@ -222,6 +222,8 @@ def load_frames(engine: Engine, frames: LoadFrames, *, create_missing_items: boo
                 "INSERT INTO purchases (user_id, item_id, purchased_at, order_id, quantity, unit_price, line_no, "
                 "load_id) SELECT user_id, item_id, purchased_at, order_id, quantity, unit_price, line_no, %s "
                 "FROM stage_purchases s WHERE EXISTS (SELECT 1 FROM items i WHERE i.item_id = s.item_id) "
+                # key order keeps the unique-index insertions local
+                "ORDER BY user_id, item_id, purchased_at, coalesce(order_id, ''), line_no "
                 "ON CONFLICT ON CONSTRAINT purchases_natural_key DO NOTHING", (load_id,))
             report.purchases_inserted = cursor.rowcount
             report.purchases_already_present = len(purchases) - unknown - report.purchases_inserted

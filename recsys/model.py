@@ -206,21 +206,21 @@ class EGES(nn.Module):
         return (parts * present).sum(1) / present.sum(1).clamp(min=1)
 
     @staticmethod
-    def sgns_loss(center: Tensor, positive: Tensor, negative: Tensor, neg_owner: Tensor | None = None,
-                  neg_weight: Tensor | None = None) -> Tensor:
-        """Skip-gram negative-sampling loss, summed over pairs.
+    def sgns_loss(center: Tensor, positive: Tensor, negative_center: Tensor, negative: Tensor,
+                  negative_weight: Tensor | None = None) -> Tensor:
+        """Skip-gram negative-sampling loss, summed (the reference the fast trainer is tested against).
 
-        center (P, d) and positive (P, d) are the pairs' vectors; negative
-        (R, K, d) are context vectors of noise items scored against
-        center[neg_owner] (default: one row per pair), each row weighted by
-        neg_weight (default 1).
+        center/positive (P, d): H of each pair's center and the context vector
+        of its context item. negative (R, K, d): context vectors of noise items
+        scored against negative_center (R, d), each row weighted by
+        negative_weight (default 1; the trainer shares one row of K noise items
+        among the pairs of one center and weights it by their number).
         """
         pos = -nn.functional.logsigmoid((center * positive).sum(-1)).sum()
-        owner = center if neg_owner is None else center[neg_owner]
-        neg_scores = torch.bmm(negative, owner.unsqueeze(-1)).squeeze(-1)  # (R, K)
+        neg_scores = torch.bmm(negative, negative_center.unsqueeze(-1)).squeeze(-1)  # (R, K)
         neg = -nn.functional.logsigmoid(-neg_scores).sum(-1)
-        if neg_weight is not None:
-            neg = neg * neg_weight
+        if negative_weight is not None:
+            neg = neg * negative_weight
         return pos + neg.sum()
 
 

@@ -54,7 +54,7 @@ class TrainConfig:
     n_price_tiers: int = 10
     cold_start: str = "id_dropout"  # "side_mean" (paper) | "id_dropout" | "ridge"
     id_dropout: float = 0.25  # share of center positions trained without their id (id_dropout)
-    ridge_alpha: float = 1.0  # regularisation of the "ridge" cold-start map
+    ridge_alpha: float = 0.1  # regularisation of the "ridge" cold-start map
     device: str = "auto"  # "auto" = cuda when available, else cpu
     num_threads: int | None = None  # torch CPU threads; None = torch's default
     # --- how the recommender scores candidates ---------------------------------
@@ -341,45 +341,51 @@ def window_masks(walks: np.ndarray, window: int, rng: np.random.Generator | None
     return masks
 
 
-def _train_step(model: EGES, walks: np.ndarray, config: TrainConfig, pair_rng, gen, noise: NoiseSampler,
-                optimisers, context_opt, attention_opt, has_side, drop_share: float, lr: float,
-                device) -> tuple[float, int]:
-    """One SGNS step on a batch of walks; returns (summed loss, number of pairs).
+@dataclass
+class SparseGradients:
+    """Gradients of one SGNS step as (rows, values) per table, ready for index_add_."""
+
+    loss: float
+    n_pairs: int
+    tables: list[tuple[torch.Tensor, torch.Tensor]]  # id table, then each side-feature table
+    context: tuple[torch.Tensor, torch.Tensor]
+    attention: tuple[torch.Tensor, torch.Tensor] | None  # eges only
+
+
+def sgns_gradients(model: EGES, walks: torch.Tensor, masks: list[tuple[torch.Tensor, torch.Tensor]],
+                   sample_negatives, drop: torch.Tensor | None = None) -> SparseGradients:
+    """Loss and hand-written gradients of skip-gram with negative sampling on a walk batch.
+
+    walks (n, L) long with -1 padding; masks from `window_masks` (as tensors);
+    sample_negatives(n_centers) -> (n_centers, K) noise items, one row per
+    walk position that is the center of at least one pair (row-major order);
+    drop (n*L,) bool: positions trained without their id embedding.
 
     Pairs are never materialised: for each window offset o the scores of all
-    pairs (i, i+o) are one elementwise product of the walk-shaped tensors
-    shifted by o, and so are their gradients (written out by hand below,
-    which is several times faster than autograd's scatter backward).
+    pairs (i, i+o) are one elementwise product of walk-shaped tensors shifted
+    by o, and so are their gradients (several times faster than autograd's
+    scatter backward; a test checks them against autograd).
     """
-    masks = window_masks(walks, config.window, pair_rng if config.dynamic_window else None)
     n_walks, length = walks.shape
-    walks_t = torch.from_numpy(walks.astype(np.int64)).to(device)
-    valid = walks_t >= 0
-    nodes_w = walks_t.clamp(min=0)  # padding reads row 0; its gradients are masked out
     dim = model.dim
-
-    # H for every walk position: attention over the gathered component rows.
-    flat_nodes = nodes_w.reshape(-1)
-    rows = model.rows(flat_nodes)
-    drop = None
-    if drop_share > 0:
-        drop = (torch.rand(len(flat_nodes), generator=gen, device=device) < drop_share) & has_side[flat_nodes]
+    nodes = walks.clamp(min=0).reshape(-1)  # padding reads row 0; its gradients are masked out
+    rows = model.rows(nodes)
     tables = model.tables()
     components = torch.stack([t[rows[:, j]] for j, t in enumerate(tables)], dim=1)  # (P, J, d)
     present = model.present(rows, drop)
-    h, weights = aggregate(components, model.logits(flat_nodes, drop), present)
+    h, weights = aggregate(components, model.logits(nodes, drop), present)
     context = model.context_embedding.weight
-    x = context[flat_nodes]
+    x = context[nodes]
     h_w, x_w = h.view(n_walks, length, dim), x.view(n_walks, length, dim)
     grad_h = torch.zeros_like(h_w)
     grad_x = torch.zeros_like(x_w)
-    pairs_per_center = torch.zeros(n_walks, length, device=device)
+    pairs_per_center = torch.zeros(n_walks, length, device=h.device, dtype=h.dtype)
 
-    loss = torch.zeros((), device=device)
+    loss = torch.zeros((), device=h.device, dtype=torch.float64)
     for offset, (forward, backward) in enumerate(masks, start=1):
         for mask, c_sl, t_sl in ((forward, slice(None, -offset), slice(offset, None)),
                                  (backward, slice(offset, None), slice(None, -offset))):
-            m = torch.from_numpy(mask).to(device=device, dtype=h.dtype)
+            m = mask.to(h.dtype)
             hc, xt = h_w[:, c_sl], x_w[:, t_sl]
             score = (hc * xt).sum(-1)
             loss -= (torch.nn.functional.logsigmoid(score) * m).sum()
@@ -388,14 +394,11 @@ def _train_step(model: EGES, walks: np.ndarray, config: TrainConfig, pair_rng, g
             grad_x[:, t_sl] += g.unsqueeze(-1) * hc
             pairs_per_center[:, c_sl] += m
     n_pairs = int(pairs_per_center.sum().item())
-    if n_pairs == 0:
-        return 0.0, 0
 
     # Negatives: K noise items per center position, counted once per pair of that center.
     keep = (pairs_per_center.reshape(-1) > 0).nonzero().squeeze(1)
-    h_c = h[keep]
-    w_c = pairs_per_center.reshape(-1)[keep]
-    negative_items = noise.sample((len(keep), config.negatives), gen)
+    h_c, w_c = h[keep], pairs_per_center.reshape(-1)[keep]
+    negative_items = sample_negatives(len(keep))
     negative = context[negative_items]  # (C, K, d)
     neg_score = torch.bmm(negative, h_c.unsqueeze(-1)).squeeze(-1)
     loss -= (torch.nn.functional.logsigmoid(-neg_score).sum(-1) * w_c).sum()
@@ -404,26 +407,49 @@ def _train_step(model: EGES, walks: np.ndarray, config: TrainConfig, pair_rng, g
     grad_h_flat.index_add_(0, keep, torch.bmm(g_neg.unsqueeze(1), negative).squeeze(1))
     grad_negative = g_neg.unsqueeze(-1) * h_c.unsqueeze(1)
 
-    # Back through the attention: dH/dcomponent_j = w_j; dH/dlogit_j = w_j (<g, c_j> - <g, H>).
-    valid_flat = valid.reshape(-1)
-    pos = valid_flat.nonzero().squeeze(1)
+    # Back through the attention: dH/dW^j = w_j; dH/da_j = w_j (<g, W^j> - <g, H>).
+    pos = (walks.reshape(-1) >= 0).nonzero().squeeze(1)
     g_h = grad_h_flat[pos]
-    grad_components = weights[pos].unsqueeze(-1) * g_h.unsqueeze(1)  # (P, J, d)
-    for j, (table, opt) in enumerate(zip(tables, optimisers)):
-        w_present = present[pos, j]
-        if j > 0 and not bool(w_present.all()):
-            sel = w_present.nonzero().squeeze(1)
-            opt.step(table, rows[pos[sel], j], grad_components[sel, j], lr)
-        else:
-            opt.step(table, rows[pos, j], grad_components[:, j], lr)
+    w = weights[pos]
+    grad_components = w.unsqueeze(-1) * g_h.unsqueeze(1)  # (P, J, d)
+    table_grads = []
+    for j in range(len(tables)):
+        used = present[pos, j].nonzero().squeeze(1)  # missing features and dropped ids get nothing
+        table_grads.append((rows[pos[used], j], grad_components[used, j]))
+    attention = None
     if model.mode == "eges":
         dw = (components[pos] * g_h.unsqueeze(1)).sum(-1)  # (P, J)
-        w = weights[pos]
         grad_logits = w * (dw - (w * dw).sum(1, keepdim=True))
-        attention_opt.step(model.attention_logits, flat_nodes[pos], grad_logits, lr)
-    context_opt.step(context, torch.cat([flat_nodes[pos], negative_items.reshape(-1)]),
-                     torch.cat([grad_x.view(-1, dim)[pos], grad_negative.reshape(-1, dim)]), lr)
-    return float(loss.item()), n_pairs
+        if drop is None:
+            attention = (nodes[pos], grad_logits)
+        else:  # positions trained without their id used fixed (zero) logits
+            kept = (~drop[pos]).nonzero().squeeze(1)
+            attention = (nodes[pos[kept]], grad_logits[kept])
+    context_grad = (torch.cat([nodes[pos], negative_items.reshape(-1)]),
+                    torch.cat([grad_x.view(-1, dim)[pos], grad_negative.reshape(-1, dim)]))
+    return SparseGradients(float(loss.item()), n_pairs, table_grads, context_grad, attention)
+
+
+def _train_step(model: EGES, walks: np.ndarray, config: TrainConfig, pair_rng, gen, noise: NoiseSampler,
+                optimisers, context_opt, attention_opt, has_side, drop_share: float, lr: float,
+                device) -> tuple[float, int]:
+    """One SGNS step on a batch of walks; returns (summed loss, number of pairs)."""
+    masks = [(torch.from_numpy(f).to(device), torch.from_numpy(b).to(device))
+             for f, b in window_masks(walks, config.window, pair_rng if config.dynamic_window else None)]
+    walks_t = torch.from_numpy(walks.astype(np.int64)).to(device)
+    drop = None
+    if drop_share > 0:
+        flat = walks_t.clamp(min=0).reshape(-1)
+        drop = (torch.rand(len(flat), generator=gen, device=device) < drop_share) & has_side[flat]
+    grads = sgns_gradients(model, walks_t, masks, lambda n: noise.sample((n, config.negatives), gen), drop)
+    if grads.n_pairs == 0:
+        return 0.0, 0
+    for table, opt, (rows, values) in zip(model.tables(), optimisers, grads.tables):
+        opt.step(table, rows, values, lr)
+    context_opt.step(model.context_embedding.weight, *grads.context, lr)
+    if grads.attention is not None:
+        attention_opt.step(model.attention_logits, *grads.attention, lr)
+    return grads.loss, grads.n_pairs
 
 
 def _to_trained(model: EGES, features: ItemFeatures, counts: np.ndarray, losses: list[float],
