@@ -36,7 +36,6 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from types import MappingProxyType
 from typing import Any, Iterable, Sequence
 
 import numpy as np
@@ -61,7 +60,7 @@ class NoVersionError(UserError):
     """The registry alias points at no version yet."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Neighbor:
     item_id: str
     score: float
@@ -73,8 +72,9 @@ class Neighbor:
     # Why this item: {"query": how the query was answered, "query_attention": the
     # query item's attention weight per component (item_id and side features),
     # "shared": side features the result shares with the query; for side-feature
-    # queries also "unknown_values"}. Read-only; shared between the results of one query.
-    why: Any
+    # queries also "unknown_values" and "note"}. The nested query_attention dict is shared
+    # by the results of one query: treat it as read-only.
+    why: dict
 
 
 # --------------------------------------------------------------------------- the loaded version
@@ -128,9 +128,8 @@ class _Snapshot:
         self.masks: dict[tuple, np.ndarray] = {}
 
     # -- explanations ---------------------------------------------------------
-    def attention_of(self, pos: int):
-        return MappingProxyType({name: round(w, 4) for name, w in zip(self._component_names, self._attention[pos])
-                                 if w > 0})
+    def attention_of(self, pos: int) -> dict:
+        return {name: round(w, 4) for name, w in zip(self._component_names, self._attention[pos]) if w > 0}
 
     def shared_features(self, query_codes: tuple, pos: int) -> list[str]:
         return [name for name, a, b in zip(self.feature_names, query_codes, self.codes_list[pos]) if a and a == b]
@@ -392,7 +391,7 @@ def _item_query(snap: _Snapshot, item_id) -> _Query:
         why = {"query": "side features (no purchases when the version was trained)",
                "query_attention": _side_weights(snap, snap.codes_list[pos])}
     return _Query(item_id, pos, row, snap.codes_list[pos], int(snap.category[pos]), int(snap.brand[pos]),
-                  snap.prices[pos], MappingProxyType(why))
+                  snap.prices[pos], why)
 
 
 def _new_item_query(snap: _Snapshot, category, brand, price, extras: dict) -> _Query:
@@ -425,7 +424,7 @@ def _new_item_query(snap: _Snapshot, category, brand, price, extras: dict) -> _Q
     codes = tuple(codes)
     why = {"query": "side features (new item)", "query_attention": _side_weights(snap, codes)}
     if unknown:
-        why["unknown_values"] = MappingProxyType(unknown)
+        why["unknown_values"] = unknown
         why["note"] = ("values this version never saw were treated as missing: "
                        + ", ".join(f"{k}={v!r}" for k, v in unknown.items()))
     if not any(codes):
@@ -435,12 +434,12 @@ def _new_item_query(snap: _Snapshot, category, brand, price, extras: dict) -> _Q
     brand_code = snap.brand_lookup.get(_clean(brand), -1) if _clean(brand) is not None else 0
     label = f"new item (category={category!r}, brand={brand!r}, price={price!r})"
     return _Query(label, -1, -1, codes, cat, brand_code,
-                  None if price is None or math.isnan(price) else float(price), MappingProxyType(why))
+                  None if price is None or math.isnan(price) else float(price), why)
 
 
 def _side_weights(snap: _Snapshot, codes: tuple):
     present = [name for name, c in zip(snap.feature_names, codes) if c]
-    return MappingProxyType({name: round(1.0 / len(present), 4) for name in present})
+    return {name: round(1.0 / len(present), 4) for name in present}
 
 
 # --------------------------------------------------------------------------- searching
@@ -510,12 +509,14 @@ def _run(snap: _Snapshot, queries: list[_Query], k: int, filters: _Filters | Non
 
 def _neighbors(snap: _Snapshot, query: _Query, scores: list[float], rows: list[int], k: int) -> list[Neighbor]:
     out: list[Neighbor] = []
-    why_base = query.why
+    why_base, anchor, query_codes = query.why, query.row, query.codes
+    names, codes_list, pos_of_row = snap.feature_names, snap.codes_list, snap.pos_of_row
     for score, row in zip(scores, rows):
-        if row < 0 or row == query.row:
+        if row < 0 or row == anchor:
             continue
-        pos = snap.pos_of_row[row]
-        why = MappingProxyType({**why_base, "shared": snap.shared_features(query.codes, pos)})
+        pos = pos_of_row[row]
+        why = dict(why_base)
+        why["shared"] = [n for n, a, b in zip(names, query_codes, codes_list[pos]) if a and a == b]
         out.append(Neighbor(snap.item_ids[pos], score, len(out) + 1, snap.category_names[pos], snap.brand_names[pos],
                             snap.prices[pos], snap.stock[pos], why))
         if len(out) == k:

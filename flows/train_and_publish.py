@@ -1,0 +1,131 @@
+"""Nightly flow: extract -> evaluate -> train -> compress -> publish -> promote.
+
+    prefect server start                      # or use PREFECT_API_URL of your server
+    recsys train                              # one run now
+    recsys schedule                           # nightly/hourly/weekly deployments
+
+Thin orchestration over recsys.pipeline; all the work is in the library.
+"""
+from __future__ import annotations
+
+import json
+import time
+
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.tasks import exponential_backoff
+
+from recsys import pipeline
+from recsys.config import get_settings
+
+
+def _retry_on_database_errors(task, task_run, state) -> bool:
+    """Retry extraction only when the database was unreachable, not on bad data."""
+    from recsys.db import is_transient
+
+    try:
+        state.result()
+    except Exception as exc:  # the failed state's exception
+        return is_transient(exc)
+    return False
+
+
+@task(cache_policy=NO_CACHE, retries=3, retry_delay_seconds=exponential_backoff(backoff_factor=2), retry_jitter_factor=0.2,
+      retry_condition_fn=_retry_on_database_errors)
+def extract(database_url: str | None):
+    from recsys.db import get_engine
+    from recsys.extract import extract_dataset
+
+    settings = get_settings(database_url=database_url)
+    engine = get_engine(settings)
+    ds = extract_dataset(engine, items_relation=settings.items_relation,
+                         purchases_relation=settings.purchases_relation)
+    get_run_logger().info("extracted %s items, %s users, %s purchase lines (watermark %s)",
+                          ds.n_items, ds.n_users, ds.n_purchases, ds.watermark.as_dict())
+    return ds
+
+
+@task(cache_policy=NO_CACHE)
+def evaluate(ds, config: pipeline.PipelineConfig):
+    logger = get_run_logger()
+    report, eges = pipeline.run_evaluation(ds, config, log=logger.info)
+    logger.info("evaluation:\n%s", report.to_table())
+    return report, eges
+
+
+@task(cache_policy=NO_CACHE)
+def train(ds, config: pipeline.PipelineConfig, chosen_from):
+    rec = pipeline.train_final(ds, config, chosen_from=chosen_from, progress=True)
+    stats = rec.trained.stats
+    get_run_logger().info("trained EGES on all data: %s", json.dumps(stats, default=str))
+    return rec
+
+
+@task(cache_policy=NO_CACHE)
+def compress_and_publish(rec, ds, config: pipeline.PipelineConfig, metrics: dict, database_url: str | None,
+                         notes: dict):
+    from recsys.db import get_engine
+    from recsys.registry import publish
+
+    settings = get_settings(database_url=database_url)
+    parts = pipeline.build_parts(rec, ds, config, metrics, notes)
+    version = publish(get_engine(settings), settings.resolved_artifact_root, parts, alias="candidate",
+                      reason="nightly train-and-publish")
+    get_run_logger().info("published version %s (candidate)", version)
+    return version
+
+
+@task(cache_policy=NO_CACHE)
+def promote(version: str, database_url: str | None, gates: dict):
+    from recsys.db import get_engine
+    from recsys.registry import Gates, GateFailedError
+    from recsys.registry import promote as promote_version
+
+    engine = get_engine(get_settings(database_url=database_url))
+    try:
+        promote_version(engine, version, Gates(**gates))
+    except GateFailedError as exc:
+        get_run_logger().warning("not promoted: %s", exc)
+        return False
+    get_run_logger().info("version %s is now production", version)
+    return True
+
+
+@flow(name="train-and-publish", log_prints=True)
+def train_and_publish(database_url: str | None = None, config: dict | None = None, gates: dict | None = None,
+                      force: bool = False, wait_for_lock_s: float = 0.0) -> dict:
+    """Train EGES on the shop's data, evaluate it beside the baselines, publish and promote a version.
+
+    config: PipelineConfig fields (e.g. {"train": {"dim": 32}, "max_queries": 2000});
+    gates: recsys.registry.Gates fields; force: retrain even when data and config are unchanged.
+    """
+    from recsys.runlock import publish_lock
+
+    logger = get_run_logger()
+    cfg = pipeline.PipelineConfig(**(config or {}))
+    stages: dict[str, float] = {}
+    started = time.perf_counter()
+    with publish_lock(get_settings(database_url=database_url), wait_s=wait_for_lock_s):
+        with pipeline.timed(stages, "extract"):
+            ds = extract(database_url)
+        key = pipeline.fingerprint(ds, cfg)
+        existing = None if force else pipeline.version_with_fingerprint(database_url, key)
+        if existing is not None:
+            logger.info("data and config unchanged since version %s: nothing to train", existing)
+            return {"version": existing, "promoted": None, "cached": True, "stages": stages}
+        with pipeline.timed(stages, "evaluate"):
+            report, eges_of_split = evaluate(ds, cfg)
+        with pipeline.timed(stages, "train"):
+            rec = train(ds, cfg, eges_of_split)
+        metrics = pipeline.shipped_metrics(report)
+        with pipeline.timed(stages, "compress+publish"):
+            version = compress_and_publish(rec, ds, cfg, metrics, database_url,
+                                           {"fingerprint": key, "stages": stages})
+        with pipeline.timed(stages, "promote"):
+            promoted = promote(version, database_url, gates or {})
+    stages["total"] = round(time.perf_counter() - started, 2)
+    pipeline.write_run_artifacts(version, report, ds, rec, stages, promoted, database_url)
+    return {"version": version, "promoted": promoted, "cached": False, "stages": stages,
+            "metrics": {"warm_recall@20": metrics.get("warm", {}).get("recall", {}).get("20"),
+                        "cold_recall@20": metrics.get("cold", {}).get("recall", {}).get("20")}}

@@ -1,0 +1,62 @@
+"""Run reports: the metrics table beside baselines and the previous version, as markdown/rows."""
+from __future__ import annotations
+
+
+def _fmt(value, digits: int = 4) -> str:
+    return "–" if value is None else f"{value:.{digits}f}"
+
+
+def metric(row: dict | None, segment: str, name: str, k: int | None = 20):
+    seg = (row or {}).get(segment) or {}
+    if k is None:
+        value = seg.get(name)
+    else:
+        value = (seg.get(name) or {}).get(str(k))
+    return float(value) if isinstance(value, (int, float)) else None
+
+
+def table_rows(metrics: dict) -> list[dict]:
+    """One flat row per evaluation row (for a Prefect table artifact)."""
+    out = []
+    for name, row in (metrics.get("rows") or {}).items():
+        out.append({
+            "method": name,
+            "warm_recall@20": metric(row, "warm", "recall"), "warm_hitrate@20": metric(row, "warm", "hit_rate"),
+            "warm_mrr": metric(row, "warm", "mrr", None), "warm_coverage@20": metric(row, "warm", "coverage"),
+            "cold_recall@20": metric(row, "cold", "recall"), "cold_hitrate@20": metric(row, "cold", "hit_rate"),
+            "cold_mrr": metric(row, "cold", "mrr", None), "cold_coverage@20": metric(row, "cold", "coverage"),
+            "fit_s": row.get("fit_s"),
+        })
+    return out
+
+
+def run_report_markdown(*, version: str, metrics: dict, previous: tuple[str, dict] | None, counts: dict,
+                        stages: dict, promoted: bool | None, bundle_path: str, plots: dict[str, str]) -> str:
+    lines = [f"# recsys version `{version}`", ""]
+    status = {True: "promoted to **production**", False: "kept as **candidate** (quality gates failed)",
+              None: "not promoted"}[promoted]
+    lines += [f"Status: {status}. Bundle: `{bundle_path}`", "", "## Data", ""]
+    lines += [f"- {k.replace('_', ' ')}: {v:,}" if isinstance(v, int) else f"- {k.replace('_', ' ')}: {v}"
+              for k, v in counts.items()]
+    lines += ["", "## Offline metrics (chronological split)", "",
+              "| method | warm R@20 | warm HR@20 | warm MRR | warm cov@20 | cold R@20 | cold HR@20 | cold cov@20 |",
+              "|---|---|---|---|---|---|---|---|"]
+    for row in table_rows(metrics):
+        lines.append(f"| {row['method']} | {_fmt(row['warm_recall@20'])} | {_fmt(row['warm_hitrate@20'])} | "
+                     f"{_fmt(row['warm_mrr'])} | {_fmt(row['warm_coverage@20'], 3)} | {_fmt(row['cold_recall@20'])} | "
+                     f"{_fmt(row['cold_hitrate@20'])} | {_fmt(row['cold_coverage@20'], 3)} |")
+    lines += ["", "## Against the previous version", ""]
+    if previous is None:
+        lines.append("No previous production version.")
+    else:
+        prev_version, prev_metrics = previous
+        lines += ["| | this version | previous (`%s`) |" % prev_version, "|---|---|---|"]
+        for segment in ("warm", "cold"):
+            lines.append(f"| {segment} Recall@20 | {_fmt(metric(metrics, segment, 'recall'))} | "
+                         f"{_fmt(metric(prev_metrics, segment, 'recall'))} |")
+    lines += ["", "## Timings (s)", "", "| stage | seconds |", "|---|---|"]
+    lines += [f"| {name} | {seconds:.1f} |" for name, seconds in stages.items()]
+    if plots:
+        lines += ["", "## Plots (in the bundle)", ""]
+        lines += [f"- {title}: `{path}`" for title, path in plots.items()]
+    return "\n".join(lines) + "\n"
