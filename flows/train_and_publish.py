@@ -92,6 +92,33 @@ def promote(version: str, database_url: str | None, gates: dict):
     return True
 
 
+def publish_artifacts(version: str, metrics: dict, ds, stages: dict, promoted: bool | None,
+                      database_url: str | None) -> str:
+    """The run's markdown report and metrics table as Prefect artifacts."""
+    from recsys.db import get_engine
+    from recsys.registry import alias_history, get_version
+    from recsys.report import run_report_markdown, table_rows
+
+    engine = get_engine(get_settings(database_url=database_url))
+    info = get_version(engine, version)
+    previous = None
+    for move in reversed(alias_history(engine, "production")):
+        if move["to_version"] != version:
+            previous = (move["to_version"], get_version(engine, move["to_version"]).metrics)
+            break
+    counts = {"items": ds.n_items, "users": ds.n_users, "purchase lines": ds.n_purchases,
+              "watermark": ds.watermark.as_dict() if ds.watermark else None}
+    plots = {title: f"{info.path}/plots/{name}" for title, name in (("loss curve", "loss_curve.svg"),
+                                                                    ("attention weights", "attention_weights.svg"))}
+    markdown = run_report_markdown(version=version, metrics=metrics, previous=previous, counts=counts,
+                                   stages=stages, promoted=promoted, bundle_path=info.path, plots=plots)
+    create_markdown_artifact(key="recsys-run-report", markdown=markdown,
+                             description=f"recsys version {version}")
+    create_table_artifact(key="recsys-metrics", table=table_rows(metrics),
+                          description=f"Offline metrics of version {version} beside the baselines")
+    return markdown
+
+
 @flow(name="train-and-publish", log_prints=True)
 def train_and_publish(database_url: str | None = None, config: dict | None = None, gates: dict | None = None,
                       force: bool = False, wait_for_lock_s: float = 0.0) -> dict:
@@ -125,7 +152,7 @@ def train_and_publish(database_url: str | None = None, config: dict | None = Non
         with pipeline.timed(stages, "promote"):
             promoted = promote(version, database_url, gates or {})
     stages["total"] = round(time.perf_counter() - started, 2)
-    pipeline.write_run_artifacts(version, report, ds, rec, stages, promoted, database_url)
-    return {"version": version, "promoted": promoted, "cached": False, "stages": stages,
+    markdown = publish_artifacts(version, metrics, ds, stages, promoted, database_url)
+    return {"report": report.to_table(), "version": version, "promoted": promoted, "cached": False, "stages": stages,
             "metrics": {"warm_recall@20": metrics.get("warm", {}).get("recall", {}).get("20"),
                         "cold_recall@20": metrics.get("cold", {}).get("recall", {}).get("20")}}

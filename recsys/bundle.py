@@ -47,7 +47,7 @@ FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 TEMP_PREFIX = ".tmp-"
 # Every file of a bundle has one of these suffixes: arrays, JSON, FAISS binaries. No pickle.
-ALLOWED_SUFFIXES = (".npy", ".json", ".faiss", ".index", ".bin")
+ALLOWED_SUFFIXES = (".npy", ".json", ".faiss", ".index", ".bin", ".svg")
 ID_FEATURE = "item_id"  # name of the id component in attention weights (as recsys.model)
 PRICE_TIER = "price_tier"  # the derived price feature (as recsys.model)
 VERSION_PATTERN = re.compile(r"^(\d{8}T\d{6}Z-[0-9a-f]{8})(?:\.p(\d+))?$")
@@ -177,6 +177,8 @@ class BundleParts:
     kind: str = "full"  # "full" | "patch"
     parent_version: str | None = None
     notes: dict = field(default_factory=dict)  # free-form, JSON-able (e.g. patch item counts)
+    # report files stored beside the model (e.g. "plots/loss_curve.svg"); checksummed like the rest
+    extra_files: dict[str, bytes] = field(default_factory=dict)
 
     def validate(self) -> None:
         self.items.validate()
@@ -284,11 +286,11 @@ def model_feature_codes(feature_names: list[str], feature_values: dict[str, list
         if raw is None:
             continue
         lookup = {v: i for i, v in enumerate(feature_values[name]) if i > 0}
-        codes[:, j] = [lookup.get(_clean(v), 0) for v in raw]
+        codes[:, j] = [lookup.get(clean_value(v), 0) for v in raw]
     return codes
 
 
-def _clean(value) -> str | None:
+def clean_value(value) -> str | None:
     """A raw side-feature value as the vocabulary holds it; None when missing."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return None
@@ -568,6 +570,13 @@ def _fill(parts: BundleParts, version: str, on_step: StepCallback | None) -> Cal
         _save_json(folder / "model/features.json", {"feature_names": list(model.feature_names),
                                                     "feature_values": model.feature_values})
         _step(on_step, "wrote vocabularies")
+        for rel, content in parts.extra_files.items():
+            if Path(rel).is_absolute() or ".." in Path(rel).parts:
+                raise BundleError(f"refusing extra file {rel!r}: must be a relative path inside the bundle")
+            target = folder / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            _write_file(target, lambda handle, data=content: handle.write(data))
+            _step(on_step, f"wrote {rel}")
         for name, index in parts.indexes.items():
             target = folder / "index" / name
             target.mkdir(parents=True, exist_ok=True)
@@ -796,7 +805,7 @@ def _extend_vocab(values: list[str], raw: list) -> tuple[list[str], np.ndarray]:
     lookup = {v: i for i, v in enumerate(values) if i > 0}
     codes = np.zeros(len(raw), np.int32)
     for k, value in enumerate(raw):
-        text = _clean(value)
+        text = clean_value(value)
         if text is None:
             continue
         if text not in lookup:

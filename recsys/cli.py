@@ -303,6 +303,86 @@ def diagnose(quick, seed, json_out, database_url):
 
 
 @main.command()
+@click.option("--force", is_flag=True, help="Retrain even when the data and configuration are unchanged.")
+@click.option("--dim", type=int, help="Embedding dimension (default 64).")
+@click.option("--epochs", type=int, help="Passes over the walks (default from TrainConfig).")
+@click.option("--max-queries", default=5000, show_default=True, help="Evaluation queries per segment.")
+@click.option("--all-rows", is_flag=True, help="Also evaluate BGE and GES (two more trainings).")
+@click.option("--min-warm-recall", default=0.0, show_default=True, help="Promotion gate: warm Recall@20 floor.")
+@click.option("--min-cold-recall", default=0.0, show_default=True, help="Promotion gate: cold Recall@20 floor.")
+@click.option("--max-drop", default=0.05, show_default=True,
+              help="Promotion gate: largest relative Recall@20 drop allowed against production.")
+@click.option("--wait-for-lock", default="0", show_default=True, callback=_duration,
+              help="If another run is publishing, wait this long (e.g. 30m) instead of exiting.")
+@click.option("--seed", default=0, show_default=True)
+@database_option
+@user_errors
+def train(force, dim, epochs, max_queries, all_rows, min_warm_recall, min_cold_recall, max_drop, wait_for_lock,
+          seed, database_url):
+    """Run the train-and-publish flow once, now.
+
+    Extract, evaluate against the baselines, train EGES on all data, compress,
+    publish a version and promote it to production if the quality gates pass.
+    """
+    from flows.train_and_publish import train_and_publish
+    from recsys.pipeline import ALL_EVAL_ROWS
+
+    config = {"max_queries": max_queries, "seed": seed, "train": {}}
+    if dim:
+        config["train"]["dim"] = dim
+    if epochs:
+        config["train"]["epochs"] = epochs
+    if all_rows:
+        config["eval_rows"] = list(ALL_EVAL_ROWS)
+    gates = {"min_warm_recall_at_20": min_warm_recall, "min_cold_recall_at_20": min_cold_recall,
+             "max_relative_drop": max_drop}
+    result = train_and_publish(database_url=database_url, config=config, gates=gates, force=force,
+                               wait_for_lock_s=float(wait_for_lock))
+    _print_train_result(result)
+
+
+def _print_train_result(result: dict) -> None:
+    if result.get("cached"):
+        click.echo(f"Data and configuration unchanged: version {result['version']} already holds this model "
+                   "(use --force to retrain).")
+        return
+    promoted = {True: "promoted to production", False: "kept as candidate: quality gates failed",
+                None: "not promoted"}[result.get("promoted")]
+    click.echo(f"Published version {result['version']} ({promoted}).")
+    if result.get("report"):
+        click.echo(result["report"])
+    stages = ", ".join(f"{k} {v:.1f}s" for k, v in result.get("stages", {}).items())
+    click.echo(f"Stages: {stages}")
+
+
+@main.command()
+@click.option("--nightly", default="0 2 * * *", show_default=True, help="Cron of the train-and-publish deployment.")
+@click.option("--hourly", default="0 * * * *", show_default=True, help="Cron of the refresh-new-items deployment.")
+@click.option("--weekly", default="0 6 * * 1", show_default=True, help="Cron of the diagnose deployment.")
+@click.option("--timezone", default="UTC", show_default=True)
+@database_option
+@user_errors
+def schedule(nightly, hourly, weekly, timezone, database_url):
+    """Serve the scheduled deployments (nightly training, hourly new-item refresh,
+    weekly diagnosis) from this process against a Prefect server.
+
+    \b
+    prefect server start                       # in another terminal
+    export PREFECT_API_URL=http://127.0.0.1:4200/api
+    recsys schedule
+    """
+    from recsys.scheduling import serve_deployments
+
+    if not os.environ.get("PREFECT_API_URL"):
+        from prefect.settings import PREFECT_API_URL
+
+        if not PREFECT_API_URL.value():
+            raise UserError("Schedules need a Prefect server: start one with `prefect server start` and set "
+                            "PREFECT_API_URL=http://127.0.0.1:4200/api (or `prefect config set PREFECT_API_URL=...`).")
+    serve_deployments(nightly=nightly, hourly=hourly, weekly=weekly, timezone=timezone, database_url=database_url)
+
+
+@main.command()
 @click.option("--data", type=click.Choice(["synthetic", *DATASETS]), default="synthetic", show_default=True,
               help="The shop to run on: a generated one, or a built-in data set from --data-path.")
 @click.option("--data-path", type=click.Path(dir_okay=False, path_type=Path),
@@ -316,6 +396,14 @@ def demo(data, data_path, seed, database_url):
 
     run_demo(data=data, data_path=data_path, seed=seed, database_url=database_url, echo=click.echo)
 
+
+def _register_serving_commands() -> None:
+    from recsys.cli_serving import register
+
+    register(main)
+
+
+_register_serving_commands()
 
 if __name__ == "__main__":
     main()

@@ -33,14 +33,13 @@ from __future__ import annotations
 import logging
 import math
 import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 
-from recsys.bundle import (ID_FEATURE, PRICE_TIER, Bundle, _clean, attention_weights, cold_start_vectors,
+from recsys.bundle import (ID_FEATURE, PRICE_TIER, Bundle, attention_weights, clean_value, cold_start_vectors,
                            open_bundle, price_tier_codes, query_transform)
 from recsys.errors import UserError
 
@@ -130,9 +129,6 @@ class _Snapshot:
     # -- explanations ---------------------------------------------------------
     def attention_of(self, pos: int) -> dict:
         return {name: round(w, 4) for name, w in zip(self._component_names, self._attention[pos]) if w > 0}
-
-    def shared_features(self, query_codes: tuple, pos: int) -> list[str]:
-        return [name for name, a, b in zip(self.feature_names, query_codes, self.codes_list[pos]) if a and a == b]
 
     # -- filters ----------------------------------------------------------------
     def mask(self, in_stock_only: bool, same_category, category: int, same_brand, brand: int,
@@ -329,7 +325,7 @@ class Client:
                 max_price: float | None = None, price_ratio: tuple[float, float] | None = None) -> list[Neighbor]:
         """The k items most similar to `item_id` (never the item itself)."""
         snap = self._snapshot
-        filters = (_Filters(tuple(exclude), in_stock_only, same_category, same_brand, min_price, max_price,
+        filters = (_Filters(_ids(exclude), in_stock_only, same_category, same_brand, min_price, max_price,
                             price_ratio).validate()
                    if (exclude or in_stock_only or same_category is not None or same_brand is not None
                        or min_price is not None or max_price is not None or price_ratio is not None) else None)
@@ -354,9 +350,14 @@ class Client:
         """
         snap = self._snapshot
         query = _new_item_query(snap, category, brand, price, extra_side_features)
-        filters = _Filters(tuple(exclude), in_stock_only, same_category, same_brand, min_price, max_price,
+        filters = _Filters(_ids(exclude), in_stock_only, same_category, same_brand, min_price, max_price,
                            price_ratio).validate()
         return _run(snap, [query], _check_k(k), filters)[0]
+
+
+def _ids(exclude) -> tuple:
+    """exclude as a tuple of ids (a single id string is one id, not its characters)."""
+    return (exclude,) if isinstance(exclude, str) else tuple(exclude)
 
 
 def _filters(kwargs: dict) -> _Filters | None:
@@ -367,7 +368,7 @@ def _filters(kwargs: dict) -> _Filters | None:
     if unknown:
         raise TypeError(f"unknown filter(s) {sorted(unknown)}; filters are {sorted(known)}")
     kwargs = dict(kwargs)
-    kwargs["exclude"] = tuple(kwargs.get("exclude") or ())
+    kwargs["exclude"] = _ids(kwargs.get("exclude") or ())
     return _Filters(**kwargs).validate()
 
 
@@ -412,13 +413,13 @@ def _new_item_query(snap: _Snapshot, category, brand, price, extras: dict) -> _Q
         if name == PRICE_TIER:
             codes.append(int(price_tier_codes([np.nan if price is None else price], snap.model.price_tier_edges)[0]))
             continue
-        value = _clean(given.get(name))
+        value = clean_value(given.get(name))
         code = snap.feature_lookup[name].get(value, 0) if value is not None else 0
         if value is not None and code == 0:
             unknown[name] = value
         codes.append(code)
     for name in ("category", "brand"):  # values the model dropped (no table) still count as not used
-        value = _clean(given.get(name))
+        value = clean_value(given.get(name))
         if value is not None and name not in snap.feature_names:
             unknown[name] = value
     codes = tuple(codes)
@@ -430,8 +431,8 @@ def _new_item_query(snap: _Snapshot, category, brand, price, extras: dict) -> _Q
     if not any(codes):
         why["note"] = ("no side feature this version knows was given: the ranking carries no similarity "
                        "signal (only the scorer's popularity term, if any)")
-    cat = snap.category_lookup.get(_clean(category), -1) if _clean(category) is not None else 0
-    brand_code = snap.brand_lookup.get(_clean(brand), -1) if _clean(brand) is not None else 0
+    cat = snap.category_lookup.get(clean_value(category), -1) if clean_value(category) is not None else 0
+    brand_code = snap.brand_lookup.get(clean_value(brand), -1) if clean_value(brand) is not None else 0
     label = f"new item (category={category!r}, brand={brand!r}, price={price!r})"
     return _Query(label, -1, -1, codes, cat, brand_code,
                   None if price is None or math.isnan(price) else float(price), why)

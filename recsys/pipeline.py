@@ -130,7 +130,24 @@ def build_parts(rec, ds: Dataset, config: PipelineConfig, metrics: dict, extra_n
     parts = parts_from_recommender(rec, ds, index_config=config.index_config(), metrics=metrics,
                                    watermark=ds.watermark.as_dict() if ds.watermark else {})
     parts.notes.update(extra_notes or {})
+    parts.extra_files.update(training_plots(rec.trained))
     return parts
+
+
+def training_plots(trained) -> dict[str, bytes]:
+    """The loss curve and the mean attention weight per component, as SVG files for the bundle."""
+    from recsys.plots import bar_chart_svg, line_chart_svg
+
+    weights = trained.attention_weights()
+    seen = np.asarray(trained.item_counts) > 0
+    mean = weights[seen].mean(axis=0) if seen.any() else weights.mean(axis=0)
+    labels = ["item id", *trained.feature_names]
+    return {
+        "plots/loss_curve.svg": line_chart_svg(trained.loss_history, "EGES training loss (skip-gram, per pair)",
+                                               "training step", "loss").encode(),
+        "plots/attention_weights.svg": bar_chart_svg(labels, mean, "Mean attention weight per component",
+                                                     "weight").encode(),
+    }
 
 
 def timed(stage_times: dict, name: str):
@@ -144,3 +161,18 @@ def timed(stage_times: dict, name: str):
             stage_times[name] = round(time.perf_counter() - self.started, 2)
 
     return _Timer()
+
+
+def version_with_fingerprint(database_url: str | None, key: str) -> str | None:
+    """The newest published full version trained on the same data and config, if any."""
+    from pathlib import Path
+
+    from recsys.config import get_settings
+    from recsys.db import get_engine
+    from recsys.registry import list_versions
+
+    engine = get_engine(get_settings(database_url=database_url))
+    matches = [v for v in list_versions(engine)
+               if v.kind == "full" and v.status == "published" and (v.notes or {}).get("fingerprint") == key
+               and Path(v.path).exists()]
+    return max(matches, key=lambda v: v.created_at).version if matches else None

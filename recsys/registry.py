@@ -76,6 +76,7 @@ class VersionInfo:
     manifest_sha256: str
     aliases: tuple[str, ...] = ()
     status_reason: str | None = None
+    notes: dict = field(default_factory=dict)  # the manifest's notes (fingerprint, patch counts, ...)
 
     def recall_at(self, segment: str, k: int = 20) -> float | None:
         return recall_at(self.metrics, segment, k)
@@ -145,17 +146,19 @@ def ensure_schema(engine: Engine) -> None:
 
 # --------------------------------------------------------------------------- versions
 _VERSION_COLUMNS = ("v.version, v.path, v.status, v.kind, v.parent_version, v.created_at, v.metrics, "
-                    "v.manifest_sha256, v.status_reason, "
+                    "v.manifest_sha256, v.status_reason, v.notes, "
                     "coalesce((SELECT array_agg(a.alias ORDER BY a.alias) FROM aliases a WHERE a.version = v.version),"
                     " '{}') AS aliases")
 
 
 def _info(row) -> VersionInfo:
-    metrics = row.metrics if isinstance(row.metrics, dict) else json.loads(row.metrics or "{}")
+    def as_dict(value) -> dict:
+        return value if isinstance(value, dict) else json.loads(value or "{}")
+
     return VersionInfo(version=row.version, path=row.path, status=row.status, kind=row.kind,
-                       parent_version=row.parent_version, created_at=row.created_at, metrics=metrics,
+                       parent_version=row.parent_version, created_at=row.created_at, metrics=as_dict(row.metrics),
                        manifest_sha256=row.manifest_sha256, aliases=tuple(row.aliases or ()),
-                       status_reason=row.status_reason)
+                       status_reason=row.status_reason, notes=as_dict(row.notes))
 
 
 def register_version(engine: Engine, path: str | Path, status: str = "published", verify: bool = True,
@@ -177,10 +180,12 @@ def register_version(engine: Engine, path: str | Path, status: str = "published"
         if existing is None:
             conn.execute(sa.text(
                 "INSERT INTO model_versions (version, path, status, kind, parent_version, created_at, metrics, "
-                "manifest_sha256) VALUES (:v, :p, :s, :k, :parent, :c, CAST(:m AS jsonb), :sha)"),
+                "manifest_sha256, notes) VALUES (:v, :p, :s, :k, :parent, :c, CAST(:m AS jsonb), :sha, "
+                "CAST(:notes AS jsonb))"),
                 {"v": version, "p": location or str(path.resolve()), "s": status, "k": manifest.get("kind", "full"),
                  "parent": manifest.get("parent_version"), "c": dt.datetime.fromisoformat(manifest["created_at"]),
-                 "m": json.dumps(manifest.get("metrics") or {}), "sha": sha})
+                 "m": json.dumps(manifest.get("metrics") or {}), "sha": sha,
+                 "notes": json.dumps(manifest.get("notes") or {})})
     return get_version(engine, version)
 
 
@@ -199,6 +204,16 @@ def list_versions(engine: Engine) -> list[VersionInfo]:
     ensure_schema(engine)
     with engine.connect() as conn:
         rows = conn.execute(sa.text(f"SELECT {_VERSION_COLUMNS} FROM model_versions v")).fetchall()
+    return sorted((_info(r) for r in rows), key=lambda i: (i.created_at, version_sort_key(i.version)))
+
+
+def versions_with_note(engine: Engine, key: str, value) -> list[VersionInfo]:
+    """Servable versions whose manifest notes have notes[key] == value (e.g. a run fingerprint), oldest first."""
+    ensure_schema(engine)
+    with engine.connect() as conn:
+        rows = conn.execute(sa.text(f"SELECT {_VERSION_COLUMNS} FROM model_versions v WHERE v.notes -> :k = "
+                                    "CAST(:val AS jsonb) AND v.status IN ('published', 'orphan')"),
+                            {"k": key, "val": json.dumps(value)}).fetchall()
     return sorted((_info(r) for r in rows), key=lambda i: (i.created_at, version_sort_key(i.version)))
 
 

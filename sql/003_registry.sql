@@ -16,6 +16,7 @@ CREATE TABLE IF NOT EXISTS model_versions (
     registered_at    timestamptz NOT NULL DEFAULT now(),
     metrics          jsonb NOT NULL DEFAULT '{}'::jsonb,
     manifest_sha256  text NOT NULL,
+    notes            jsonb NOT NULL DEFAULT '{}'::jsonb,  -- the manifest's notes (e.g. a run fingerprint)
     status_reason    text
 );
 

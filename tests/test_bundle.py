@@ -6,7 +6,6 @@ Also home of the small helpers the registry and client tests share (`make_parts`
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +20,8 @@ try:  # the real compressed index (helper "index"); an exact stand-in until it e
     INDEX_CLASS = SimilarityIndex
 
     def index_config(n_items: int):
-        return IndexConfig()
+        # tiny catalogues: an 8-bit scalar codec trains in milliseconds (PQ's k-means would take seconds)
+        return IndexConfig(factory="SQ8", query_factory="SQ8", recall_queries=0)
 except ImportError:  # pragma: no cover - only before recsys/index.py exists
     IndexConfig = None
 

@@ -58,6 +58,17 @@ def test_publish_registers_and_moves_the_alias(engine, tmp_path):
         R.get_alias(engine, "staging")
 
 
+def test_versions_are_found_by_their_notes(engine, tmp_path):
+    parts = make_parts(n_items=40, n_cold=4)
+    parts.notes["fingerprint"] = "abc123"
+    R.publish(engine, tmp_path, parts, V1)
+    publish(engine, tmp_path, V2)
+    assert [v.version for v in R.versions_with_note(engine, "fingerprint", "abc123")] == [V1]
+    assert R.get_version(engine, V1).notes["fingerprint"] == "abc123"
+    R.set_status(engine, V1, "missing")
+    assert R.versions_with_note(engine, "fingerprint", "abc123") == []
+
+
 def test_move_alias_records_history_in_one_transaction(engine, tmp_path):
     publish(engine, tmp_path, V1, alias=None)
     publish(engine, tmp_path, V2, alias=None)

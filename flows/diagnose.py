@@ -1,0 +1,35 @@
+"""Weekly flow: the graph-readiness report (is a graph method worth it on this data?) as an artifact."""
+from __future__ import annotations
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
+
+from recsys.config import get_settings
+
+
+@task(cache_policy=NO_CACHE, retries=3, retry_delay_seconds=[5, 20, 60])
+def extract(database_url: str | None):
+    from recsys.db import get_engine
+    from recsys.extract import extract_dataset
+
+    settings = get_settings(database_url=database_url)
+    return extract_dataset(get_engine(settings), items_relation=settings.items_relation,
+                           purchases_relation=settings.purchases_relation)
+
+
+@task(cache_policy=NO_CACHE)
+def run_diagnosis(ds, compare_methods: bool, seed: int):
+    from recsys.diagnose import DiagnoseConfig, diagnose
+
+    return diagnose(ds, DiagnoseConfig(compare_methods=compare_methods, seed=seed))
+
+
+@flow(name="diagnose", log_prints=True)
+def diagnose_flow(database_url: str | None = None, compare_methods: bool = True, seed: int = 0) -> dict:
+    report = run_diagnosis(extract(database_url), compare_methods, seed)
+    text = report.to_text()
+    get_run_logger().info("%s", text)
+    create_markdown_artifact(key="graph-readiness", markdown="# Graph readiness\n\n```\n" + text + "\n```\n",
+                             description="recsys diagnose: is a graph method worth it on this data?")
+    return report.to_dict()

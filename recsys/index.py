@@ -1,0 +1,517 @@
+"""The compressed similar-items index: FAISS product quantisation on both sides of the inner product.
+
+Scores are maximum inner products <query, candidate> (the `Scorer` of
+recsys.train puts every scoring rule in that form, a popularity prior being
+one more candidate column). The index keeps
+
+* the candidate side as a FAISS index built from a factory string (default
+  "PQ16": 16 bytes per item, chosen by measurement, see docs/evaluation.md),
+  searched with asymmetric distances (exact query, coded candidates);
+* optionally a re-ranking codec ("rerank", e.g. "SQ6"): the first stage
+  returns k * k_factor candidates and these are re-scored from the finer
+  codes, the scheme of faiss.IndexRefine, done here so that filters act on
+  the first stage;
+* the query side of every indexed item ("similar to item X") coded too
+  (`query_factory`), since float32 query vectors would cost more than the
+  whole candidate index; when both sides are the same vectors (cosine/dot
+  scorers) nothing extra is stored.
+
+Vectors whose width does not suit the factory (PQ16 needs a multiple of 16;
+d' = dim + 1 with the prior column) are padded with zero columns, which
+changes no inner product. Everything is stored as FAISS binary files plus
+JSON: nothing is pickled.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+FORMAT_VERSION = 1
+CANDIDATE_FILE, RERANK_FILE, QUERY_FILE, META_FILE = "candidates.faiss", "rerank.faiss", "queries.faiss", "index.json"
+HALF_FILE = "queries_f16.npy"  # query side kept as float16 (query_factory=None)
+MAX_PAD = 64  # zero columns tried when a factory does not accept the vectors' width
+
+
+@dataclass
+class IndexConfig:
+    """How the index compresses and searches (every field is JSON-able)."""
+
+    factory: str = "PQ16"  # FAISS index_factory string of the candidate side (inner-product metric)
+    query_factory: str | None = "PQ16"  # codec of the query side; None = store the query side as float16
+    rerank: str | None = None  # finer flat codec to re-score the first stage's pool (e.g. "SQ6", "PQ32")
+    k_factor: int = 4  # pool = k * k_factor candidates when re-ranking
+    nprobe: int = 16  # IVF lists visited per query (IVF factories only)
+    train_sample: int = 100_000  # quantisers are trained on at most this many vectors
+    small_factory: str = "SQ8"  # used when the catalogue is too small to train `factory` (or query_factory)
+    exact_fallback_max: int = 4096  # filters allowing at most this many items are scored exactly from codes
+    recall_queries: int = 1000  # queries sampled for stats["recall_at_10"]; 0 = skip
+    seed: int = 0
+
+    def validate(self) -> None:
+        for name in ("factory", "small_factory"):
+            if not isinstance(getattr(self, name), str) or not getattr(self, name).strip():
+                raise ValueError(f"IndexConfig.{name} must be a non-empty FAISS factory string")
+        for name in ("k_factor", "nprobe", "train_sample"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"IndexConfig.{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("exact_fallback_max", "recall_queries"):
+            if int(getattr(self, name)) < 0:
+                raise ValueError(f"IndexConfig.{name} must be >= 0, got {getattr(self, name)}")
+
+
+# --------------------------------------------------------------------------- FAISS helpers
+def _as_matrix(x, name: str, width: int | None = None) -> np.ndarray:
+    x = np.asarray(x)
+    if x.ndim != 2:
+        raise ValueError(f"{name} must be 2-d (rows, dim), got shape {x.shape}")
+    if width is not None and x.shape[1] != width:
+        raise ValueError(f"{name} must have {width} columns, got {x.shape[1]}")
+    if not np.issubdtype(x.dtype, np.number):
+        raise ValueError(f"{name} must be numeric, got dtype {x.dtype}")
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    if not np.isfinite(x).all():
+        raise ValueError(f"{name} contains NaN or infinite values")
+    return x
+
+
+def _pad(x: np.ndarray, width: int) -> np.ndarray:
+    if x.shape[1] == width:
+        return x
+    out = np.zeros((len(x), width), np.float32)
+    out[:, :x.shape[1]] = x
+    return out
+
+
+def _new_index(factory: str, dim: int) -> tuple[faiss.Index, int]:
+    """(untrained index, padded width): the smallest width >= dim the factory accepts."""
+    last_error = None
+    for width in range(dim, dim + MAX_PAD + 1):
+        try:
+            return faiss.index_factory(width, factory, faiss.METRIC_INNER_PRODUCT), width
+        except RuntimeError as exc:  # e.g. PQ16 on a width that is not a multiple of 16
+            last_error = exc
+    raise ValueError(f"FAISS factory {factory!r} accepts no width from {dim} to {dim + MAX_PAD}: {last_error}")
+
+
+def _ivf(index: faiss.Index):
+    try:
+        return faiss.extract_index_ivf(index)
+    except RuntimeError:
+        return None
+
+
+def _train_and_add(factory: str, vectors: np.ndarray, sample: np.ndarray) -> tuple[faiss.Index, int]:
+    index, width = _new_index(factory, vectors.shape[1])
+    if not index.is_trained:
+        index.train(_pad(vectors[sample], width))
+    index.add(_pad(vectors, width))
+    return index, width
+
+
+def _build_codec(factory: str, small_factory: str, vectors: np.ndarray, sample: np.ndarray) -> tuple[faiss.Index, int, str]:
+    """Train and fill `factory`; fall back to `small_factory` when there are too few vectors to train it."""
+    try:
+        index, width = _train_and_add(factory, vectors, sample)
+        return index, width, factory
+    except RuntimeError:  # FAISS: fewer training points than centroids (tiny catalogues)
+        index, width = _train_and_add(small_factory, vectors, sample)
+        return index, width, small_factory
+
+
+def _index_bytes(index: faiss.Index) -> int:
+    return int(faiss.serialize_index(index).size)
+
+
+def _decode(index: faiss.Index, ids: np.ndarray) -> np.ndarray:
+    """Decoded vectors of the given rows (IVF indexes get an in-memory direct map first)."""
+    ivf = _ivf(index)
+    if ivf is not None and ivf.direct_map.type == faiss.DirectMap.NoMap:
+        ivf.make_direct_map(True)
+    return index.reconstruct_batch(np.ascontiguousarray(ids, dtype=np.int64))
+
+
+def _write_index(index: faiss.Index, path: Path) -> None:
+    """faiss.write_index without the in-memory direct map (it would add 8 bytes per item)."""
+    ivf = _ivf(index)
+    if ivf is not None and ivf.direct_map.type != faiss.DirectMap.NoMap:
+        index = faiss.clone_index(index)
+        _ivf(index).set_direct_map_type(faiss.DirectMap.NoMap)
+    faiss.write_index(index, str(path))
+
+
+def _top_k(scores: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Best k columns per row by score (descending), carrying `ids` (same shape) along."""
+    if scores.shape[1] > k:
+        part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+        scores, ids = np.take_along_axis(scores, part, 1), np.take_along_axis(ids, part, 1)
+    order = np.argsort(-scores, axis=1, kind="stable")
+    return np.take_along_axis(scores, order, 1), np.take_along_axis(ids, order, 1)
+
+
+def _front_valid(scores: np.ndarray, ids: np.ndarray, valid: np.ndarray):
+    """Move each row's valid entries to the front, keeping their order."""
+    order = np.argsort(~valid, axis=1, kind="stable")
+    return np.take_along_axis(scores, order, 1), np.take_along_axis(ids, order, 1)
+
+
+def exact_search(item_matrix: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-k inner products (FAISS flat index, blocked over queries)."""
+    item_matrix = _as_matrix(item_matrix, "item_matrix")
+    flat = faiss.IndexFlatIP(item_matrix.shape[1])
+    flat.add(item_matrix)
+    return flat.search(_as_matrix(queries, "queries", item_matrix.shape[1]), min(k, len(item_matrix)))
+
+
+# --------------------------------------------------------------------------- the index
+class SimilarityIndex:
+    """Compressed maximum-inner-product index over the candidate side, plus the coded query side."""
+
+    def __init__(self, candidates: faiss.Index, rerank: faiss.Index | None, queries: faiss.Index | None,
+                 query_half: np.ndarray | None, meta: dict):
+        self.candidates, self.rerank, self.queries, self.query_half = candidates, rerank, queries, query_half
+        self.meta = meta
+        self.config = IndexConfig(**meta["config"])
+        self.n_items = int(meta["n_items"])
+        self.dim = int(meta["dim"])
+        self._ivf = _ivf(candidates)
+        if self._ivf is not None:
+            self._ivf.nprobe = min(self.config.nprobe, self._ivf.nlist)
+        # IndexPQ and the flat fast-scan indexes refuse an IDSelector: those are over-fetched and filtered
+        self._selector_ok = self._ivf is not None or isinstance(
+            candidates, (faiss.IndexFlat, faiss.IndexScalarQuantizer))
+
+    # -- building ----------------------------------------------------------------
+    @classmethod
+    def build(cls, item_matrix: np.ndarray, query_matrix: np.ndarray | None,
+              config: IndexConfig | None = None) -> "SimilarityIndex":
+        """Train and fill the index; query_matrix row i is item i's query vector (None = no query side)."""
+        config = config or IndexConfig()
+        config.validate()
+        started = time.perf_counter()
+        items = _as_matrix(item_matrix, "item_matrix")
+        n, dim = items.shape
+        if n == 0:
+            raise ValueError("item_matrix has no rows: nothing to index")
+        rng = np.random.default_rng(config.seed)
+        sample = np.sort(rng.choice(n, config.train_sample, replace=False)) if n > config.train_sample else np.arange(n)
+        candidates, width, factory_used = _build_codec(config.factory, config.small_factory, items, sample)
+        rerank = None
+        if config.rerank:
+            rerank, _, _ = _build_codec(config.rerank, config.small_factory, _pad(items, width), sample)
+        query_codec, query_half, query_kind, query_factory_used = None, None, "none", None
+        if query_matrix is not None:
+            query = _as_matrix(query_matrix, "query_matrix", dim)
+            if len(query) != n:
+                raise ValueError(f"query_matrix has {len(query)} rows, item_matrix {n}: one query vector per item")
+            if np.array_equal(query, items):
+                query_kind = "candidates"  # same vectors (cosine/dot scorers): decode the candidate codes
+            elif config.query_factory is None:
+                query_kind, query_half = "float16", query.astype(np.float16)
+            else:
+                query_kind = "codes"
+                query_codec, _, query_factory_used = _build_codec(config.query_factory, config.small_factory,
+                                                                  _pad(query, width), sample)
+        meta = {"format_version": FORMAT_VERSION, "metric": "inner_product", "config": dataclasses.asdict(config),
+                "n_items": n, "dim": dim, "padded_dim": width, "factory_used": factory_used,
+                "query_side": query_kind, "query_factory_used": query_factory_used}
+        index = cls(candidates, rerank, query_codec, query_half, meta)
+        stats = {"build_seconds": time.perf_counter() - started, **index.size_breakdown()}
+        if config.recall_queries and query_matrix is not None:
+            pick = rng.choice(n, min(n, config.recall_queries), replace=False)
+            # end to end: coded query side and coded candidates against the exact float32 ranking
+            stats["recall_at_10"] = measure_recall(index, items, index.query_vectors(pick), k=10,
+                                                   truth_queries=query[pick])
+            stats["recall_at_10_candidates"] = measure_recall(index, items, query[pick], k=10)
+        index.meta["stats"] = stats
+        return index
+
+    # -- sizes ---------------------------------------------------------------------
+    def size_breakdown(self) -> dict:
+        """Serialized bytes of each part, and the total per item."""
+        sizes = {"candidate_bytes": _index_bytes(self.candidates),
+                 "rerank_bytes": _index_bytes(self.rerank) if self.rerank is not None else 0,
+                 "query_bytes": (_index_bytes(self.queries) if self.queries is not None
+                                 else self.query_half.nbytes if self.query_half is not None else 0)}
+        total = sum(sizes.values())
+        return {**sizes, "total_bytes": total, "bytes_per_item": total / self.n_items}
+
+    @property
+    def bytes_per_item(self) -> float:
+        return float(self.meta["stats"]["bytes_per_item"])
+
+    @property
+    def stats(self) -> dict:
+        return dict(self.meta["stats"])
+
+    # -- vectors ---------------------------------------------------------------------
+    def _check_rows(self, rows, name: str) -> np.ndarray:
+        rows = np.asarray(rows)
+        if rows.size and not np.issubdtype(rows.dtype, np.integer):
+            raise ValueError(f"{name} must be integer item rows, got dtype {rows.dtype}")
+        rows = rows.astype(np.int64).ravel()
+        if rows.size and (rows.min() < 0 or rows.max() >= self.n_items):
+            raise ValueError(f"{name} must be in 0..{self.n_items - 1}")
+        return rows
+
+    def query_vectors(self, item_indices) -> np.ndarray:
+        """Decoded query-side vectors (m, dim) of indexed items ("similar to item X")."""
+        rows = self._check_rows(item_indices, "item_indices")
+        kind = self.meta["query_side"]
+        if kind == "none":
+            raise ValueError("this index was built without a query side (query_matrix=None)")
+        if kind == "float16":
+            return self.query_half[rows].astype(np.float32)
+        codec = self.queries if kind == "codes" else (self.rerank if self.rerank is not None else self.candidates)
+        return _decode(codec, rows)[:, :self.dim]
+
+    def candidate_vectors(self, item_indices=None) -> np.ndarray:
+        """Decoded candidate vectors (finest stored codes): all items, or the given rows."""
+        codec = self.rerank if self.rerank is not None else self.candidates
+        if item_indices is None:
+            return codec.reconstruct_n(0, self.n_items)[:, :self.dim]
+        return _decode(codec, self._check_rows(item_indices, "item_indices"))[:, :self.dim]
+
+    # -- search ----------------------------------------------------------------------
+    def search(self, queries: np.ndarray, k: int, allowed: np.ndarray | None = None,
+               exclude: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k (scores float32, ids int64), each (q, k); ids -1 / score -inf only past the allowed items.
+
+        allowed: bool per item (None = all); exclude: item rows never returned,
+        1-d for every query or 2-d (q, m) per query (-1 = padding).
+        """
+        q = _as_matrix(queries, "queries", self.dim)
+        if int(k) < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        k = int(k)
+        mask, per_row = self._filters(allowed, exclude, len(q))
+        n_ok = self.n_items if mask is None else int(mask.sum())
+        out_s = np.full((len(q), k), -np.inf, np.float32)
+        out_i = np.full((len(q), k), -1, np.int64)
+        if n_ok == 0 or len(q) == 0:
+            return out_s, out_i
+        # room for the per-query exclusions: they are dropped after the search
+        want = min(n_ok, k + (per_row.shape[1] if per_row is not None else 0))
+        if mask is not None and n_ok <= self.config.exact_fallback_max:
+            scores, ids = self._exact_subset(q, np.flatnonzero(mask), want)
+        else:
+            pool = min(n_ok, want * self.config.k_factor) if self.rerank is not None else want
+            scores, ids = self._first_stage(q, pool, mask, n_ok)
+            if self.rerank is not None:
+                scores = self._rescore(q, ids)
+            scores, ids = _top_k(scores, ids, want)
+        if per_row is not None:
+            drop = (ids[:, :, None] == per_row[:, None, :]).any(2)
+            scores, ids = np.where(drop, -np.inf, scores), np.where(drop, -1, ids)
+            scores, ids = _front_valid(scores, ids, ids >= 0)
+        take = min(k, ids.shape[1])
+        out_s[:, :take], out_i[:, :take] = scores[:, :take], ids[:, :take]
+        out_s[out_i < 0] = -np.inf
+        return out_s, out_i
+
+    def _filters(self, allowed, exclude, n_queries: int):
+        mask = None
+        if allowed is not None:
+            allowed = np.asarray(allowed)
+            if allowed.dtype != bool or allowed.shape != (self.n_items,):
+                raise ValueError(f"allowed must be a bool array of shape ({self.n_items},), "
+                                 f"got {allowed.dtype} {allowed.shape}")
+            mask = allowed.copy()
+        per_row = None
+        if exclude is not None:
+            exclude = np.asarray(exclude)
+            if exclude.size and not np.issubdtype(exclude.dtype, np.integer):
+                raise ValueError(f"exclude must hold integer item rows, got dtype {exclude.dtype}")
+            exclude = exclude.astype(np.int64)
+            if exclude.size and (exclude.min() < -1 or exclude.max() >= self.n_items):
+                raise ValueError(f"exclude rows must be in 0..{self.n_items - 1} (or -1 as padding)")
+            if exclude.ndim == 1:
+                mask = np.ones(self.n_items, bool) if mask is None else mask
+                mask[exclude[exclude >= 0]] = False
+            elif exclude.ndim == 2 and len(exclude) == n_queries:
+                per_row = exclude
+            else:
+                raise ValueError(f"exclude must be 1-d, or 2-d with one row per query ({n_queries}), "
+                                 f"got shape {exclude.shape}")
+        return mask, per_row
+
+    def _exact_subset(self, q: np.ndarray, rows: np.ndarray, want: int):
+        """Scores against every allowed item from its decoded codes (small allowed sets)."""
+        scores = (q @ self.candidate_vectors(rows).T).astype(np.float32)
+        return _top_k(scores, np.broadcast_to(rows, scores.shape).copy(), want)
+
+    def _first_stage(self, q: np.ndarray, pool: int, mask: np.ndarray | None, n_ok: int):
+        """`pool` best allowed candidates per query (ids -1 / -inf past the allowed ones).
+
+        IVF widens nprobe and the over-fetch (for indexes that take no
+        IDSelector) doubles until every row has `pool` allowed candidates or
+        the search was exhaustive.
+        """
+        q = _pad(q, int(self.meta["padded_dim"]))
+        bitmap = selector = None
+        if mask is not None and self._selector_ok:
+            bitmap = np.packbits(mask, bitorder="little")  # must outlive the searches below
+            selector = faiss.IDSelectorBitmap(self.n_items, faiss.swig_ptr(bitmap))
+        nlist = self._ivf.nlist if self._ivf is not None else 1
+        nprobe = min(self.config.nprobe, nlist)
+        over_fetch = mask is not None and selector is None
+        fetch = min(self.n_items, int(math.ceil(pool * self.n_items / n_ok * 1.2)) + 16) if over_fetch else pool
+        while True:
+            if self._ivf is not None:
+                params = faiss.SearchParametersIVF(nprobe=nprobe, sel=selector)
+            elif selector is not None:
+                params = faiss.SearchParameters(sel=selector)
+            else:
+                params = None
+            scores, ids = self.candidates.search(q, fetch, params=params)
+            valid = ids >= 0
+            if over_fetch:
+                valid &= mask[np.maximum(ids, 0)]
+            scores, ids = _front_valid(np.where(valid, scores, -np.inf), np.where(valid, ids, -1), valid)
+            exhaustive = nprobe >= nlist and (not over_fetch or fetch >= self.n_items)
+            if (ids[:, :pool] >= 0).all() or exhaustive:
+                return scores[:, :pool], ids[:, :pool]
+            nprobe = min(nlist, nprobe * 4)
+            if over_fetch:
+                fetch = min(self.n_items, fetch * 2)
+
+    def _rescore(self, q: np.ndarray, ids: np.ndarray) -> np.ndarray:
+        """Scores of the pool from the finer re-ranking codes."""
+        rows = np.unique(ids[ids >= 0])
+        decoded = _decode(self.rerank, rows)[:, :self.dim]
+        where = np.minimum(np.searchsorted(rows, np.maximum(ids, 0)), len(rows) - 1)
+        scores = np.einsum("qd,qkd->qk", q, decoded[where])
+        return np.where(ids >= 0, scores, -np.inf).astype(np.float32)
+
+    # -- files -----------------------------------------------------------------------
+    def save(self, folder: str | Path) -> None:
+        """FAISS binary files + index.json (no pickle)."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        _write_index(self.candidates, folder / CANDIDATE_FILE)
+        if self.rerank is not None:
+            _write_index(self.rerank, folder / RERANK_FILE)
+        if self.queries is not None:
+            _write_index(self.queries, folder / QUERY_FILE)
+        if self.query_half is not None:
+            np.save(folder / HALF_FILE, self.query_half, allow_pickle=False)
+        (folder / META_FILE).write_text(json.dumps(_json_safe(self.meta), indent=2, sort_keys=True))
+
+    @classmethod
+    def load(cls, folder: str | Path) -> "SimilarityIndex":
+        folder = Path(folder)
+        meta_path = folder / META_FILE
+        if not meta_path.exists():
+            raise ValueError(f"{folder} holds no {META_FILE}: not a saved SimilarityIndex")
+        meta = json.loads(meta_path.read_text())
+        if meta.get("format_version") != FORMAT_VERSION:
+            raise ValueError(f"{meta_path}: index format {meta.get('format_version')!r}, "
+                             f"this code reads {FORMAT_VERSION}")
+        candidates = faiss.read_index(str(folder / CANDIDATE_FILE))
+        rerank = faiss.read_index(str(folder / RERANK_FILE)) if meta["config"].get("rerank") else None
+        queries = faiss.read_index(str(folder / QUERY_FILE)) if meta["query_side"] == "codes" else None
+        half = np.load(folder / HALF_FILE, allow_pickle=False) if meta["query_side"] == "float16" else None
+        if candidates.ntotal != meta["n_items"]:
+            raise ValueError(f"{folder / CANDIDATE_FILE} holds {candidates.ntotal} items, index.json says "
+                             f"{meta['n_items']}")
+        return cls(candidates, rerank, queries, half, meta)
+
+
+def _json_safe(obj):
+    if isinstance(obj, dict):
+        return {str(k): _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    if isinstance(obj, np.generic):
+        return obj.item()
+    return obj
+
+
+def measure_recall(index: SimilarityIndex, item_matrix: np.ndarray, queries: np.ndarray, k: int = 10,
+                   truth_queries: np.ndarray | None = None) -> float:
+    """Mean share of the exact inner-product top k that the index returns in its top k.
+
+    truth_queries: the exact vectors `queries` approximate (default: the same),
+    to include the loss of a coded query side.
+    """
+    queries = _as_matrix(queries, "queries")
+    if len(queries) == 0:
+        raise ValueError("measure_recall needs at least one query")
+    truth_queries = queries if truth_queries is None else _as_matrix(truth_queries, "truth_queries", queries.shape[1])
+    if len(truth_queries) != len(queries):
+        raise ValueError(f"truth_queries has {len(truth_queries)} rows, queries {len(queries)}")
+    _, truth = exact_search(item_matrix, truth_queries, k)
+    _, found = index.search(queries, k)
+    hits = [len(np.intersect1d(t[t >= 0], f[f >= 0])) / max(1, int((t >= 0).sum())) for t, f in zip(truth, found)]
+    return float(np.mean(hits))
+
+
+# --------------------------------------------------------------------------- evaluation row
+class CompressedRecommender:
+    """EGES after product quantisation (the index that ships), behind the Recommender protocol.
+
+    fit(train) fits the base EGESRecommender unless it is already fitted (the
+    evaluation shares one trained model between the EGES row and this one),
+    then builds a SimilarityIndex from the base's warm scorer matrices (and a
+    second one when the cold scorer differs, as the bundle does).
+
+    Scores are dense: every item's candidate codes are decoded once after
+    fit, and a query (decoded from the coded query side for warm anchors, the
+    exact side-feature vector for cold anchors) is scored against all of
+    them. The evaluator needs full rankings (MRR, K up to 50). With flat PQ
+    (the default) this is exactly the ranking `search` returns; with IVF
+    factories the dense scores skip the probing loss, which the index
+    reports separately as stats["recall_at_10"].
+    """
+
+    def __init__(self, base_recommender, config: IndexConfig | None = None, name: str = "EGES+PQ"):
+        self.base = base_recommender
+        self.config = config or IndexConfig()
+        self.config.validate()
+        self.name = name
+        self.warm_index: SimilarityIndex | None = None
+        self.cold_index: SimilarityIndex | None = None
+
+    def fit(self, train) -> None:
+        from recsys.model import item_features
+
+        base = self.base
+        if getattr(base, "trained", None) is None:
+            base.fit(train)
+        trained = base.trained
+        if trained.item_vectors.shape[0] != train.n_items:
+            raise ValueError(f"the base model has {trained.item_vectors.shape[0]} items, the training data "
+                             f"{train.n_items}: it was fitted on another catalogue")
+        log_pop = np.log1p(np.bincount(train.purchase_item, minlength=train.n_items)).astype(np.float32)
+        warm, cold = base.warm_scorer, base.cold_scorer
+        self.warm_index = SimilarityIndex.build(warm.item_matrix(trained, log_pop),
+                                                warm.query_matrix(trained.item_vectors), self.config)
+        self._warm_candidates = self.warm_index.candidate_vectors()
+        self._cold_codes = item_features(train, base.config.n_price_tiers).codes[:, :len(trained.feature_names)]
+        if cold.to_dict() == warm.to_dict():
+            self.cold_index, self._cold_candidates = self.warm_index, self._warm_candidates
+        else:
+            self.cold_index = SimilarityIndex.build(cold.item_matrix(trained, log_pop), None, self.config)
+            self._cold_candidates = self.cold_index.candidate_vectors()
+
+    def _check_fitted(self) -> None:
+        if self.warm_index is None:
+            raise ValueError(f"{self.name}: call fit(train) before scoring")
+
+    def score_warm(self, anchors: np.ndarray) -> np.ndarray:
+        self._check_fitted()
+        query = self.warm_index.query_vectors(np.asarray(anchors, dtype=np.int64))
+        return (query @ self._warm_candidates.T).astype(np.float32)
+
+    def score_cold(self, anchors: np.ndarray) -> np.ndarray:
+        self._check_fitted()
+        anchors = np.asarray(anchors, dtype=np.int64)
+        vectors = self.base.trained.cold_vectors_from_codes(self._cold_codes[anchors])
+        query = self.base.cold_scorer.query_matrix(vectors)
+        return (query @ self._cold_candidates.T).astype(np.float32)
