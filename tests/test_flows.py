@@ -1,0 +1,172 @@
+"""The Prefect flows end to end on a Ta-Feng slice against the embedded Postgres."""
+from __future__ import annotations
+
+import io
+import zipfile
+
+import numpy as np
+import pytest
+import sqlalchemy as sa
+
+from conftest import TAFENG
+
+pytestmark = pytest.mark.skipif(not TAFENG.exists(), reason="../shared/data is not next to the repo")
+
+SLICE_ROWS = 60_000
+SMALL = {"train": {"dim": 16, "walks_per_node": 4, "epochs": 1}, "max_queries": 300,
+         "eval_rows": ["popularity", "bought-together counts", "EGES", "EGES+PQ"],
+         "index": {"recall_queries": 0}}
+
+
+@pytest.fixture(scope="module")
+def tafeng_slice(tmp_path_factory):
+    """The first 60,000 lines of Ta-Feng (about three weeks) as a CSV file."""
+    with zipfile.ZipFile(TAFENG) as archive:
+        name = archive.namelist()[0]
+        with archive.open(name) as fh:
+            lines = io.TextIOWrapper(fh, encoding="utf-8-sig").readlines()[: SLICE_ROWS + 1]
+    path = tmp_path_factory.mktemp("tafeng") / "ta_feng_slice.csv"
+    path.write_text("".join(lines), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def shop(pg_url, tafeng_slice, tmp_path_factory, prefect_harness):
+    """A clean database holding the slice, and an artifact root; yields (engine, url)."""
+    from recsys.db import get_engine
+    from recsys.load import load_frames
+    from recsys.loaders.tafeng import read_frames
+    from recsys.migrate import migrate
+
+    engine = get_engine(url=pg_url)
+    with engine.begin() as conn:
+        conn.execute(sa.text("DROP SCHEMA public CASCADE"))
+        conn.execute(sa.text("CREATE SCHEMA public"))
+    migrate(engine)
+    report = load_frames(engine, read_frames(tafeng_slice))
+    assert report.accounted_rows == SLICE_ROWS
+    mp = pytest.MonkeyPatch()
+    mp.setenv("RECSYS_ARTIFACT_ROOT", str(tmp_path_factory.mktemp("artifacts")))
+    mp.setenv("RECSYS_DATABASE_URL", pg_url)
+    yield engine, pg_url
+    mp.undo()
+
+
+@pytest.fixture(scope="module")
+def first_run(shop):
+    from flows.train_and_publish import train_and_publish
+
+    engine, url = shop
+    return train_and_publish(database_url=url, config=SMALL)
+
+
+def test_flow_publishes_and_promotes_a_version_the_client_answers_from(shop, first_run):
+    from recsys import Client
+    from recsys.registry import get_alias
+
+    engine, url = shop
+    assert first_run["cached"] is False and first_run["promoted"] is True
+    production = get_alias(engine, "production")
+    assert production.version == first_run["version"]
+    assert production.metrics["warm"]["recall"]["20"] > 0
+    assert set(production.metrics["rows"]) >= {"popularity", "bought-together counts", "EGES", "EGES+PQ"}
+    assert set(first_run["stages"]) >= {"extract", "evaluate", "train", "compress+publish", "promote", "total"}
+    client = Client.from_registry(database_url=url)
+    with engine.connect() as conn:
+        popular = conn.execute(sa.text("SELECT item_id FROM purchases GROUP BY 1 ORDER BY count(*) DESC, 1 "
+                                       "LIMIT 1")).scalar()
+    neighbours = client.similar(popular, k=5)
+    assert len(neighbours) == 5 and popular not in [n.item_id for n in neighbours]
+    cold = client.similar_to_new_item(category="100205", price=30.0, k=5)
+    assert len(cold) == 5
+
+
+def test_flow_creates_report_and_table_artifacts_and_plots(shop, first_run):
+    import asyncio
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    from recsys.registry import get_version
+
+    async def read(key):
+        async with get_client() as client:
+            return await client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])))
+
+    report = asyncio.run(read("recsys-run-report"))
+    table = asyncio.run(read("recsys-metrics"))
+    assert report and first_run["version"] in report[0].data and "bought-together counts" in report[0].data
+    assert table
+    path = get_version(shop[0], first_run["version"]).path
+    for plot in ("plots/loss_curve.svg", "plots/attention_weights.svg"):
+        assert (__import__("pathlib").Path(path) / plot).read_text().startswith("<svg")
+
+
+def test_rerun_with_unchanged_data_does_not_retrain(shop, first_run):
+    from flows.train_and_publish import train_and_publish
+
+    again = train_and_publish(database_url=shop[1], config=SMALL)
+    assert again["cached"] is True and again["version"] == first_run["version"]
+    assert set(again["stages"]) == {"extract"}
+
+
+def test_overlapping_runs_do_not_publish_at_the_same_time(shop, first_run):
+    from flows.train_and_publish import train_and_publish
+    from recsys.config import get_settings
+    from recsys.registry import list_versions
+    from recsys.runlock import RunInProgressError, publish_lock
+
+    engine, url = shop
+    before = len(list_versions(engine))
+    with publish_lock(get_settings(database_url=url)):
+        with pytest.raises(RunInProgressError, match="already running"):
+            train_and_publish(database_url=url, config=SMALL, force=True)
+    assert len(list_versions(engine)) == before
+
+
+def test_database_down_at_extraction_retries_then_fails_cleanly(shop, first_run, monkeypatch):
+    from prefect import task
+    from prefect.cache_policies import NO_CACHE
+
+    import flows.train_and_publish as module
+    from recsys.errors import DatabaseUnavailableError
+    from recsys.registry import list_versions
+
+    engine, url = shop
+    before = len(list_versions(engine))
+    attempts = []
+    real_extract = module.extract.fn
+
+    def extract_from_a_server_that_is_down(database_url):
+        attempts.append(database_url)
+        return real_extract("postgresql+psycopg2://shop:pw@127.0.0.1:1/shop")
+
+    # same retry policy as the real task, without the backoff waits
+    monkeypatch.setattr(module, "extract", task(extract_from_a_server_that_is_down, retries=3,
+                                                retry_delay_seconds=0, cache_policy=NO_CACHE,
+                                                retry_condition_fn=module._retry_on_database_errors))
+    # the lock is taken on the working database; extraction then finds the server down
+    with pytest.raises(DatabaseUnavailableError, match="cannot be reached"):
+        module.train_and_publish(database_url=url, config=SMALL, force=True)
+    assert len(attempts) == 4  # the first try and three retries
+    assert len(list_versions(engine)) == before
+
+
+def test_refresh_flow_makes_a_new_item_queryable(shop, first_run, tmp_path):
+    from flows.refresh_new_items import refresh_new_items
+    from recsys import Client
+    from recsys.load import load_frames
+    from recsys.loaders.generic import read_frames
+    from recsys.registry import get_alias
+
+    engine, url = shop
+    items = tmp_path / "new_items.csv"
+    items.write_text("item_id,category,brand,price\nNEW-0001,100205,4710088,35\n")
+    load_frames(engine, read_frames(items, None))
+    version = refresh_new_items(database_url=url)
+    assert version == f"{first_run['version']}.p1"
+    assert get_alias(engine, "production").version == version
+    client = Client.from_registry(database_url=url)
+    neighbours = client.similar("NEW-0001", k=5)
+    assert len(neighbours) == 5
+    assert refresh_new_items(database_url=url) is None  # nothing new the second time
