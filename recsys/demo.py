@@ -66,17 +66,93 @@ def summarise(ds) -> str:
     return "\n".join(lines)
 
 
+def describe_neighbours(client, neighbours) -> list[str]:
+    lines = []
+    for n in neighbours:
+        price = f"{n.price:.2f}" if n.price is not None and n.price == n.price else "?"
+        shared = ", ".join((n.why or {}).get("shared", [])) or "-"
+        lines.append(f"    {n.rank:>2}. {n.item_id:<16} {n.score:8.3f}  {str(n.category)[:18]:<18} "
+                     f"{str(n.brand)[:12]:<12} {price:>8}  shares: {shared}")
+    return lines
+
+
+def show_similar_items(engine, ds, database_url: str | None, echo=print, n_warm: int = 3, k: int = 5) -> None:
+    """Similar items for the most bought item of three different categories, and one new product."""
+    from recsys import Client
+
+    client = Client.from_registry(database_url=database_url)
+    counts = np.bincount(ds.purchase_item, minlength=ds.n_items)
+    picked, categories = [], set()
+    for item in np.argsort(-counts, kind="stable"):
+        category = int(ds.category.codes[item])
+        if category not in categories:
+            picked.append(int(item))
+            categories.add(category)
+        if len(picked) == n_warm:
+            break
+    for item in picked:
+        item_id = str(ds.item_ids[item])
+        neighbours = client.similar(item_id, k=k)
+        attention = (neighbours[0].why or {}).get("query_attention", {}) if neighbours else {}
+        weights = ", ".join(f"{name} {w:.2f}" for name, w in attention.items())
+        echo(f"\nSimilar to {item_id} (category {ds.category.values[ds.category.codes[item]]}, bought "
+             f"{counts[item]:,} times; attention: {weights}):")
+        for line in describe_neighbours(client, neighbours):
+            echo(line)
+    # a brand-new product: the side features of the first catalogue item never bought, else a made-up one
+    never = np.flatnonzero(counts == 0)
+    if len(never):
+        item = int(never[-1])
+        category = ds.category.values[ds.category.codes[item]]
+        brand = ds.brand.values[ds.brand.codes[item]] if ds.brand.codes[item] else None
+        price = float(ds.price[item]) if np.isfinite(ds.price[item]) else None
+        extras = {sf.name: sf.values[sf.codes[item]] for sf in ds.extra_features if sf.codes[item]}
+        label = f"new item {ds.item_ids[item]} (no purchases)"
+    else:
+        category, brand, price, extras = ds.category.values[1], None, None, {}
+        label = "a new product"
+    neighbours = client.similar_to_new_item(category=category, brand=brand, price=price, k=k, **extras)
+    features = ", ".join(f"{k_}={v}" for k_, v in {"category": category, "brand": brand, "price": price,
+                                                    **extras}.items() if v is not None)
+    echo(f"\nSimilar to {label}, from its side features alone ({features}):")
+    for line in describe_neighbours(client, neighbours):
+        echo(line)
+    client.close()
+
+
 def run_demo(*, data: str = "synthetic", data_path: Path | None = None, seed: int = 0,
              database_url: str | None = None, echo=print) -> None:
+    import logging
+    import os
+
     from recsys.db import get_engine
     from recsys.extract import extract_dataset
 
     started = time.perf_counter()
     settings = get_settings(database_url=database_url)
     engine = get_engine(settings)
+    url = engine.url.render_as_string(hide_password=False)
     echo(f"Database: {engine.url.render_as_string(hide_password=True)}")
     load_demo_data(engine, data, data_path, seed, echo=echo)
     ds = extract_dataset(engine, items_relation=settings.items_relation,
                          purchases_relation=settings.purchases_relation)
     echo(summarise(ds))
-    echo(f"Demo finished in {time.perf_counter() - started:.1f} s.")
+    loaded = time.perf_counter()
+
+    echo("\nRunning the train-and-publish flow (evaluate against baselines, train EGES, compress, publish) ...")
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    logging.getLogger("prefect").setLevel(logging.WARNING)
+    from flows.train_and_publish import train_and_publish
+
+    result = train_and_publish(database_url=url, config={"seed": seed})
+    if result.get("cached"):
+        echo(f"Data unchanged since version {result['version']}: reusing it (recsys train --force retrains).")
+    else:
+        status = "promoted to production" if result["promoted"] else "kept as candidate (gates failed)"
+        echo(f"Published version {result['version']}: {status}.")
+        echo(result["report"])
+        echo("Stages (s): " + ", ".join(f"{k} {v:.1f}" for k, v in result["stages"].items()))
+    show_similar_items(engine, ds, url, echo=echo)
+    total = time.perf_counter() - started
+    echo(f"\nDemo finished in {total:.0f} s (load {loaded - started:.0f} s, flow and queries "
+         f"{total - (loaded - started):.0f} s). Try: recsys similar ITEM_ID, recsys versions, recsys evaluate.")

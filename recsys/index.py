@@ -4,22 +4,25 @@ Scores are maximum inner products <query, candidate> (the `Scorer` of
 recsys.train puts every scoring rule in that form, a popularity prior being
 one more candidate column). The index keeps
 
-* the candidate side as a FAISS index built from a factory string (default
-  "PQ16": 16 bytes per item, chosen by measurement, see docs/evaluation.md),
-  searched with asymmetric distances (exact query, coded candidates);
-* optionally a re-ranking codec ("rerank", e.g. "SQ6"): the first stage
-  returns k * k_factor candidates and these are re-scored from the finer
-  codes, the scheme of faiss.IndexRefine, done here so that filters act on
-  the first stage;
+* the candidate side as a FAISS index built from a factory string, searched
+  with asymmetric distances (exact query, coded candidates). The default
+  ("auto", chosen on Ta-Feng EGES vectors, see docs/evaluation.md) is PQ with
+  4 dimensions a byte plus one sub-quantizer of its own for the prior
+  column: PQ17 = 17 bytes at dim 64; IVF lists go in front from
+  `ivf_min_items` on;
 * the query side of every indexed item ("similar to item X") coded too
-  (`query_factory`), since float32 query vectors would cost more than the
-  whole candidate index; when both sides are the same vectors (cosine/dot
-  scorers) nothing extra is stored.
+  (`query_factory`, "auto" = PQ8 at dim 64), since float32 query vectors
+  would cost more than the whole candidate index. Columns every query has
+  the same value in (the prior's weight, 1) are kept as numbers; when both
+  sides are the same vectors (cosine/dot scorers) nothing extra is stored;
+* optionally a re-ranking codec ("rerank", e.g. "SQ4"): the first stage
+  returns k * k_factor candidates, re-scored from the finer codes (the
+  scheme of faiss.IndexRefine, done here so that filters act on the first
+  stage).
 
-Vectors whose width does not suit the factory (PQ16 needs a multiple of 16;
-d' = dim + 1 with the prior column) are padded with zero columns, which
-changes no inner product. Everything is stored as FAISS binary files plus
-JSON: nothing is pickled.
+Columns are placed in zero-padded FAISS vectors (factories need widths they
+can split), which changes no inner product. Everything is stored as FAISS
+binary files plus JSON: nothing is pickled.
 """
 from __future__ import annotations
 
@@ -27,7 +30,7 @@ import dataclasses
 import json
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import faiss
@@ -37,20 +40,25 @@ FORMAT_VERSION = 1
 CANDIDATE_FILE, RERANK_FILE, QUERY_FILE, META_FILE = "candidates.faiss", "rerank.faiss", "queries.faiss", "index.json"
 HALF_FILE = "queries_f16.npy"  # query side kept as float16 (query_factory=None)
 MAX_PAD = 64  # zero columns tried when a factory does not accept the vectors' width
+AUTO_DIMS_PER_BYTE = 4  # "auto" candidate side: PQ16 at 64 dimensions
+AUTO_QUERY_DIMS_PER_BYTE = 8  # "auto" query side: PQ8 at 64 dimensions
 
 
 @dataclass
 class IndexConfig:
     """How the index compresses and searches (every field is JSON-able)."""
 
-    factory: str = "PQ16"  # FAISS index_factory string of the candidate side (inner-product metric)
-    query_factory: str | None = "PQ16"  # codec of the query side; None = store the query side as float16
+    # FAISS index_factory string of the candidate side (inner-product metric); "auto": PQ, 4 dims a byte,
+    # the prior column in a sub-quantizer of its own, IVF lists in front from ivf_min_items on
+    factory: str = "auto"
+    query_factory: str | None = "auto"  # codec of the query side ("auto": PQ, 8 dims a byte); None = float16
+    ivf_min_items: int = 1_000_000  # "auto" puts IVF lists in front from this many items on
     rerank: str | None = None  # finer flat codec to re-score the first stage's pool (e.g. "SQ6", "PQ32")
     k_factor: int = 4  # pool = k * k_factor candidates when re-ranking
     nprobe: int = 16  # IVF lists visited per query (IVF factories only)
     train_sample: int = 100_000  # quantisers are trained on at most this many vectors
     small_factory: str = "SQ8"  # used when the catalogue is too small to train `factory` (or query_factory)
-    exact_fallback_max: int = 4096  # filters allowing at most this many items are scored exactly from codes
+    exact_fallback_max: int = 512  # filters allowing at most this many items are scored exactly from codes
     recall_queries: int = 1000  # queries sampled for stats["recall_at_10"]; 0 = skip
     seed: int = 0
 
@@ -58,7 +66,11 @@ class IndexConfig:
         for name in ("factory", "small_factory"):
             if not isinstance(getattr(self, name), str) or not getattr(self, name).strip():
                 raise ValueError(f"IndexConfig.{name} must be a non-empty FAISS factory string")
-        for name in ("k_factor", "nprobe", "train_sample"):
+        for name in ("query_factory", "rerank"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, str) or not value.strip()):
+                raise ValueError(f"IndexConfig.{name} must be None or a non-empty FAISS factory string")
+        for name in ("k_factor", "nprobe", "train_sample", "ivf_min_items"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"IndexConfig.{name} must be >= 1, got {getattr(self, name)}")
         for name in ("exact_fallback_max", "recall_queries"):
@@ -87,6 +99,48 @@ def _pad(x: np.ndarray, width: int) -> np.ndarray:
     out = np.zeros((len(x), width), np.float32)
     out[:, :x.shape[1]] = x
     return out
+
+
+def _place(x: np.ndarray, positions: np.ndarray, width: int) -> np.ndarray:
+    """The FAISS vectors: column j of x at place positions[j], zeros elsewhere (no inner product changes)."""
+    if width == x.shape[1] and np.array_equal(positions, np.arange(x.shape[1])):
+        return x
+    out = np.zeros((len(x), width), np.float32)
+    out[:, positions] = x
+    return out
+
+
+def _constant_columns(query: np.ndarray) -> dict[int, float]:
+    """Columns every query has the same value in (the prior column's weight): stored as numbers."""
+    same = np.flatnonzero((query == query[:1]).all(axis=0))
+    return {int(c): float(query[0, c]) for c in same}
+
+
+def _candidate_layout(config: IndexConfig, n: int, dim: int, prior: bool) -> tuple[str, np.ndarray, int]:
+    """(factory, place of each column, width) of the candidate side.
+
+    "auto": PQ with 4 dimensions per byte, and the prior column (when the
+    query side marks one) alone in one extra sub-quantizer: mixed with
+    embedding dimensions its 256 levels were too coarse and the popularity
+    signal got lost (Ta-Feng: -17% warm Recall@20 with it mixed, none alone).
+    From `ivf_min_items` on, IVF lists in front keep single queries fast.
+    """
+    if config.factory != "auto":
+        return config.factory, np.arange(dim), dim
+    body = dim - 1 if prior else dim
+    m = max(1, math.ceil(body / AUTO_DIMS_PER_BYTE))
+    positions = np.arange(dim)
+    if prior:
+        positions[-1] = m * AUTO_DIMS_PER_BYTE  # first place of its own sub-quantizer
+    factory = f"PQ{m + int(prior)}"
+    if n >= config.ivf_min_items:
+        factory = f"IVF{_auto_nlist(n)},{factory}"
+    return factory, positions, (m + int(prior)) * AUTO_DIMS_PER_BYTE
+
+
+def _auto_nlist(n: int) -> int:
+    """About sqrt(n) lists, a power of two (1024 at 1M items)."""
+    return int(2 ** round(math.log2(max(16.0, math.sqrt(n)))))
 
 
 def _new_index(factory: str, dim: int) -> tuple[faiss.Index, int]:
@@ -191,6 +245,7 @@ class SimilarityIndex:
         self.config = IndexConfig(**meta["config"])
         self.n_items = int(meta["n_items"])
         self.dim = int(meta["dim"])
+        self._positions = np.asarray(meta["positions"], dtype=np.int64)  # column -> place in the FAISS vectors
         self._ivf = _ivf(candidates)
         if self._ivf is not None:
             self._ivf.nprobe = min(self.config.nprobe, self._ivf.nlist)
@@ -208,33 +263,49 @@ class SimilarityIndex:
         started = time.perf_counter()
         items = _as_matrix(item_matrix, "item_matrix")
         n, dim = items.shape
-        if n == 0:
-            raise ValueError("item_matrix has no rows: nothing to index")
-        rng = np.random.default_rng(config.seed)
-        sample = np.sort(rng.choice(n, config.train_sample, replace=False)) if n > config.train_sample else np.arange(n)
-        candidates, width, factory_used = _build_codec(config.factory, config.small_factory, items, sample)
-        rerank = None
-        if config.rerank:
-            rerank, _, _ = _build_codec(config.rerank, config.small_factory, _pad(items, width), sample)
-        query_codec, query_half, query_kind, query_factory_used = None, None, "none", None
+        if n == 0 or dim == 0:
+            raise ValueError(f"item_matrix of shape {items.shape} holds nothing to index")
+        query = None
         if query_matrix is not None:
             query = _as_matrix(query_matrix, "query_matrix", dim)
             if len(query) != n:
                 raise ValueError(f"query_matrix has {len(query)} rows, item_matrix {n}: one query vector per item")
+        rng = np.random.default_rng(config.seed)
+        sample = np.sort(rng.choice(n, config.train_sample, replace=False)) if n > config.train_sample else np.arange(n)
+
+        # candidate side: the columns' places in the FAISS vectors, then the codes
+        constants = _constant_columns(query) if query is not None else {}
+        prior = dim > 1 and (dim - 1) in constants  # last column weighted the same by every query: a prior
+        factory, positions, width = _candidate_layout(config, n, dim, prior)
+        placed = _place(items, positions, width)
+        candidates, width, factory_used = _build_codec(factory, config.small_factory, placed, sample)
+        rerank = _build_codec(config.rerank, config.small_factory, placed, sample)[0] if config.rerank else None
+
+        # query side: constant columns are kept as numbers, the rest coded (or shared with the candidates)
+        query_codec, query_half, query_kind, query_factory_used = None, None, "none", None
+        body = [c for c in range(dim) if c not in constants]
+        if query is not None:
             if np.array_equal(query, items):
                 query_kind = "candidates"  # same vectors (cosine/dot scorers): decode the candidate codes
+            elif not body:
+                query_kind = "constants"
             elif config.query_factory is None:
-                query_kind, query_half = "float16", query.astype(np.float16)
+                query_kind, query_half = "float16", query[:, body].astype(np.float16)
             else:
                 query_kind = "codes"
-                query_codec, _, query_factory_used = _build_codec(config.query_factory, config.small_factory,
-                                                                  _pad(query, width), sample)
+                qf = (f"PQ{max(1, math.ceil(len(body) / AUTO_QUERY_DIMS_PER_BYTE))}"
+                      if config.query_factory == "auto" else config.query_factory)
+                query_codec, _, query_factory_used = _build_codec(qf, config.small_factory,
+                                                                  np.ascontiguousarray(query[:, body]), sample)
         meta = {"format_version": FORMAT_VERSION, "metric": "inner_product", "config": dataclasses.asdict(config),
-                "n_items": n, "dim": dim, "padded_dim": width, "factory_used": factory_used,
-                "query_side": query_kind, "query_factory_used": query_factory_used}
+                "n_items": n, "dim": dim, "padded_dim": width, "positions": [int(p) for p in positions],
+                "factory_used": factory_used, "prior_column": dim - 1 if prior else None,
+                "query_side": query_kind, "query_factory_used": query_factory_used, "query_columns": body,
+                "query_constants": {str(c): float(v) for c, v in constants.items()} if query_kind in
+                ("codes", "float16", "constants") else {}}
         index = cls(candidates, rerank, query_codec, query_half, meta)
         stats = {"build_seconds": time.perf_counter() - started, **index.size_breakdown()}
-        if config.recall_queries and query_matrix is not None:
+        if config.recall_queries and query is not None:
             pick = rng.choice(n, min(n, config.recall_queries), replace=False)
             # end to end: coded query side and coded candidates against the exact float32 ranking
             stats["recall_at_10"] = measure_recall(index, items, index.query_vectors(pick), k=10,
@@ -277,17 +348,24 @@ class SimilarityIndex:
         kind = self.meta["query_side"]
         if kind == "none":
             raise ValueError("this index was built without a query side (query_matrix=None)")
+        if kind == "candidates":
+            return self.candidate_vectors(rows)
+        out = np.zeros((len(rows), self.dim), np.float32)
+        for column, value in self.meta["query_constants"].items():
+            out[:, int(column)] = value
+        body = self.meta["query_columns"]
         if kind == "float16":
-            return self.query_half[rows].astype(np.float32)
-        codec = self.queries if kind == "codes" else (self.rerank if self.rerank is not None else self.candidates)
-        return _decode(codec, rows)[:, :self.dim]
+            out[:, body] = self.query_half[rows]
+        elif kind == "codes":
+            out[:, body] = _decode(self.queries, rows)[:, :len(body)]
+        return out
 
     def candidate_vectors(self, item_indices=None) -> np.ndarray:
         """Decoded candidate vectors (finest stored codes): all items, or the given rows."""
         codec = self.rerank if self.rerank is not None else self.candidates
         if item_indices is None:
-            return codec.reconstruct_n(0, self.n_items)[:, :self.dim]
-        return _decode(codec, self._check_rows(item_indices, "item_indices"))[:, :self.dim]
+            return codec.reconstruct_n(0, self.n_items)[:, self._positions]
+        return _decode(codec, self._check_rows(item_indices, "item_indices"))[:, self._positions]
 
     # -- search ----------------------------------------------------------------------
     def search(self, queries: np.ndarray, k: int, allowed: np.ndarray | None = None,
@@ -364,7 +442,7 @@ class SimilarityIndex:
         IDSelector) doubles until every row has `pool` allowed candidates or
         the search was exhaustive.
         """
-        q = _pad(q, int(self.meta["padded_dim"]))
+        q = _place(q, self._positions, int(self.meta["padded_dim"]))
         bitmap = selector = None
         if mask is not None and self._selector_ok:
             bitmap = np.packbits(mask, bitorder="little")  # must outlive the searches below
@@ -395,7 +473,7 @@ class SimilarityIndex:
     def _rescore(self, q: np.ndarray, ids: np.ndarray) -> np.ndarray:
         """Scores of the pool from the finer re-ranking codes."""
         rows = np.unique(ids[ids >= 0])
-        decoded = _decode(self.rerank, rows)[:, :self.dim]
+        decoded = _decode(self.rerank, rows)[:, self._positions]
         where = np.minimum(np.searchsorted(rows, np.maximum(ids, 0)), len(rows) - 1)
         scores = np.einsum("qd,qkd->qk", q, decoded[where])
         return np.where(ids >= 0, scores, -np.inf).astype(np.float32)
@@ -507,8 +585,9 @@ class CompressedRecommender:
         self._cold_codes = item_features(train, base.config.n_price_tiers).codes[:, :len(trained.feature_names)]
         if cold.to_dict() == warm.to_dict():
             self.cold_index, self._cold_candidates = self.warm_index, self._warm_candidates
-        else:
-            self.cold_index = SimilarityIndex.build(cold.item_matrix(trained, log_pop), None, self.config)
+        else:  # as the bundle does: a second index, its query side the items' side-feature vectors
+            cold_queries = cold.query_matrix(trained.cold_vectors_from_codes(self._cold_codes))
+            self.cold_index = SimilarityIndex.build(cold.item_matrix(trained, log_pop), cold_queries, self.config)
             self._cold_candidates = self.cold_index.candidate_vectors()
 
     def _check_fitted(self) -> None:

@@ -57,6 +57,10 @@ class TrainConfig:
     batch_size: int = 32768  # (center, context) pairs per step, about
     lr: float = 0.3  # row-wise Adagrad
     min_lr_fraction: float = 0.1  # linear decay to lr * this over the run
+    # Adagrad steps every logit row by about lr whatever its gradient's size, so at the
+    # tables' lr the per-item attention saturates to one component within an epoch;
+    # a smaller rate lets it settle where the loss puts it.
+    attention_lr_scale: float = 1.0
     seed: int = 0
     n_price_tiers: int = 10
     cold_start: str = "id_dropout"  # "side_mean" (paper) | "id_dropout" | "ridge"
@@ -461,7 +465,7 @@ def _train_step(model: EGES, walks: np.ndarray, config: TrainConfig, pair_rng, g
         opt.step(table, rows, values, lr)
     context_opt.step(model.context_embedding.weight, *grads.context, lr)
     if grads.attention is not None:
-        attention_opt.step(model.attention_logits, *grads.attention, lr)
+        attention_opt.step(model.attention_logits, *grads.attention, lr * config.attention_lr_scale)
     return grads.loss, grads.n_pairs
 
 
