@@ -252,18 +252,21 @@ def evaluate(test_fraction, session_gap, max_queries, rows, no_link_prediction, 
     (catalogue items first bought in the test period, by side features only);
     Recall/HitRate@10/20/50, MRR and coverage for every baseline and model row.
     """
-    from recsys.evaluate import EvalConfig, default_recommenders
     from recsys.evaluate import evaluate as run_evaluation
+    from recsys.pipeline import ALL_EVAL_ROWS, PipelineConfig, evaluation_rows
 
-    config = EvalConfig(test_fraction=test_fraction, session_gap_s=session_gap, max_queries=max_queries,
-                        seed=seed, include_link_prediction=not no_link_prediction)
-    recommenders = default_recommenders(config, extra=_compressed_rows())
+    pipeline_config = PipelineConfig(test_fraction=test_fraction, session_gap_s=session_gap, max_queries=max_queries,
+                                     seed=seed, link_prediction=not no_link_prediction, eval_rows=ALL_EVAL_ROWS)
+    config = pipeline_config.eval_config()
+    recommenders = evaluation_rows(pipeline_config)
     if rows:
         wanted = [r.strip().lower() for r in rows.split(",") if r.strip()]
         available = {r.name.lower(): r for r in recommenders}
         unknown = [w for w in wanted if w not in available]
         if unknown:
             raise UserError(f"Unknown row(s) {', '.join(unknown)}; rows are: {', '.join(r.name for r in recommenders)}.")
+        if "eges+pq" in wanted and "eges" not in wanted:  # the compressed row reuses the EGES fit
+            wanted.insert(wanted.index("eges+pq"), "eges")
         recommenders = [available[w] for w in wanted]
     ds = _extract(database_url)
     report = run_evaluation(ds, recommenders, config, log=lambda line: click.echo(line, err=True))
@@ -271,16 +274,6 @@ def evaluate(test_fraction, session_gap, max_queries, rows, no_link_prediction, 
     if json_out:
         Path(json_out).write_text(report.to_json())
         click.echo(f"Wrote {json_out}")
-
-
-def _compressed_rows():
-    """The 'EGES after PQ' row, when the index module is available."""
-    try:
-        from recsys.index import CompressedRecommender
-        from recsys.train import EGESRecommender, TrainConfig
-    except ImportError:
-        return []
-    return [CompressedRecommender(EGESRecommender(TrainConfig(), mode="eges", name="EGES (for PQ)"))]
 
 
 @main.command()

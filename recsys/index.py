@@ -11,7 +11,7 @@ one more candidate column). The index keeps
   column: PQ17 = 17 bytes at dim 64; IVF lists go in front from
   `ivf_min_items` on;
 * the query side of every indexed item ("similar to item X") coded too
-  (`query_factory`, "auto" = PQ8 at dim 64), since float32 query vectors
+  (`query_factory`, "auto" = PQ8 at dim 64, PQ4 behind IVF), since float32 query vectors
   would cost more than the whole candidate index. Columns every query has
   the same value in (the prior's weight, 1) are kept as numbers; when both
   sides are the same vectors (cosine/dot scorers) nothing extra is stored;
@@ -42,6 +42,9 @@ HALF_FILE = "queries_f16.npy"  # query side kept as float16 (query_factory=None)
 MAX_PAD = 64  # zero columns tried when a factory does not accept the vectors' width
 AUTO_DIMS_PER_BYTE = 4  # "auto" candidate side: PQ16 at 64 dimensions
 AUTO_QUERY_DIMS_PER_BYTE = 8  # "auto" query side: PQ8 at 64 dimensions
+# behind IVF lists (8-byte ids each) the query side gets PQ4 at 64 dimensions, to stay within 32 bytes an
+# item; on Ta-Feng a PQ4 query side lost no downstream Recall@20 (the candidate side decides)
+AUTO_QUERY_DIMS_PER_BYTE_IVF = 16
 
 
 @dataclass
@@ -53,11 +56,14 @@ class IndexConfig:
     factory: str = "auto"
     query_factory: str | None = "auto"  # codec of the query side ("auto": PQ, 8 dims a byte); None = float16
     ivf_min_items: int = 1_000_000  # "auto" puts IVF lists in front from this many items on
+    # "auto" uses small_factory below this many items: FAISS wants >= 39 training vectors per PQ centroid,
+    # and under it the codebooks (256 centroids each) outweigh the codes anyway
+    pq_min_items: int = 10_000
     rerank: str | None = None  # finer flat codec to re-score the first stage's pool (e.g. "SQ6", "PQ32")
     k_factor: int = 4  # pool = k * k_factor candidates when re-ranking
     nprobe: int = 16  # IVF lists visited per query (IVF factories only)
     train_sample: int = 100_000  # quantisers are trained on at most this many vectors
-    small_factory: str = "SQ8"  # used when the catalogue is too small to train `factory` (or query_factory)
+    small_factory: str = "SQ8"  # for catalogues too small to train `factory` / query_factory well
     exact_fallback_max: int = 512  # filters allowing at most this many items are scored exactly from codes
     recall_queries: int = 1000  # queries sampled for stats["recall_at_10"]; 0 = skip
     seed: int = 0
@@ -70,7 +76,7 @@ class IndexConfig:
             value = getattr(self, name)
             if value is not None and (not isinstance(value, str) or not value.strip()):
                 raise ValueError(f"IndexConfig.{name} must be None or a non-empty FAISS factory string")
-        for name in ("k_factor", "nprobe", "train_sample", "ivf_min_items"):
+        for name in ("k_factor", "nprobe", "train_sample", "ivf_min_items", "pq_min_items"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"IndexConfig.{name} must be >= 1, got {getattr(self, name)}")
         for name in ("exact_fallback_max", "recall_queries"):
@@ -127,6 +133,8 @@ def _candidate_layout(config: IndexConfig, n: int, dim: int, prior: bool) -> tup
     """
     if config.factory != "auto":
         return config.factory, np.arange(dim), dim
+    if n < config.pq_min_items:
+        return config.small_factory, np.arange(dim), dim
     body = dim - 1 if prior else dim
     m = max(1, math.ceil(body / AUTO_DIMS_PER_BYTE))
     positions = np.arange(dim)
@@ -293,8 +301,11 @@ class SimilarityIndex:
                 query_kind, query_half = "float16", query[:, body].astype(np.float16)
             else:
                 query_kind = "codes"
-                qf = (f"PQ{max(1, math.ceil(len(body) / AUTO_QUERY_DIMS_PER_BYTE))}"
-                      if config.query_factory == "auto" else config.query_factory)
+                qf = config.query_factory
+                if qf == "auto":
+                    per_byte = AUTO_QUERY_DIMS_PER_BYTE_IVF if _ivf(candidates) is not None else AUTO_QUERY_DIMS_PER_BYTE
+                    qf = (config.small_factory if n < config.pq_min_items
+                          else f"PQ{max(1, math.ceil(len(body) / per_byte))}")
                 query_codec, _, query_factory_used = _build_codec(qf, config.small_factory,
                                                                   np.ascontiguousarray(query[:, body]), sample)
         meta = {"format_version": FORMAT_VERSION, "metric": "inner_product", "config": dataclasses.asdict(config),

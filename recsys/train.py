@@ -60,7 +60,7 @@ class TrainConfig:
     # Adagrad steps every logit row by about lr whatever its gradient's size, so at the
     # tables' lr the per-item attention saturates to one component within an epoch;
     # a smaller rate lets it settle where the loss puts it.
-    attention_lr_scale: float = 1.0
+    attention_lr_scale: float = 0.1
     seed: int = 0
     n_price_tiers: int = 10
     cold_start: str = "id_dropout"  # "side_mean" (paper) | "id_dropout" | "ridge"

@@ -130,12 +130,13 @@ def test_per_query_exclusions(indexes):
 
 def test_code_bytes_per_item_are_an_eighth_of_float32_or_less():
     """Marginal bytes per extra item (both sides' codes; codebooks are a fixed cost) at dim 64 + prior."""
-    config = IndexConfig(recall_queries=0)  # the default: PQ16 candidates, PQ16 query side
-    items = clustered(4000, 64, seed=3)
+    config = IndexConfig(recall_queries=0, pq_min_items=1)  # "auto" at scale: PQ17 candidates, PQ8 queries
+    items = clustered(3000, 64, seed=3)
     queries = queries_for(items, seed=4)
-    small = SimilarityIndex.build(items[:2000], queries[:2000], config)
+    small = SimilarityIndex.build(items[:1500], queries[:1500], config)
     large = SimilarityIndex.build(items, queries, config)
-    per_item = (large.stats["total_bytes"] - small.stats["total_bytes"]) / 2000
+    assert large.meta["factory_used"] == "PQ17" and large.meta["query_factory_used"] == "PQ8"
+    per_item = (large.stats["total_bytes"] - small.stats["total_bytes"]) / 1500
     assert per_item <= 64 * 4 / 8, per_item
     shared = SimilarityIndex.build(items[:, :64], items[:, :64], config)  # cosine/dot: one side stored once
     assert shared.meta["query_side"] == "candidates" and shared.stats["query_bytes"] == 0
@@ -145,6 +146,8 @@ def test_tiny_catalogue_falls_back_and_pads_results():
     items, queries = clustered(40, 8, seed=5), queries_for(clustered(40, 8, seed=5))
     index = SimilarityIndex.build(items, queries, IndexConfig(recall_queries=10))
     assert index.meta["factory_used"] == "SQ8"  # too few vectors to train 256-centroid PQ codebooks
+    forced = SimilarityIndex.build(items, queries, IndexConfig(factory="PQ4", recall_queries=0))
+    assert forced.meta["factory_used"] == "SQ8"  # an explicit factory FAISS cannot train falls back too
     scores, ids = index.search(queries[:2], 50)
     assert (ids[:, :40] >= 0).all() and (ids[:, 40:] == -1).all() and np.isneginf(scores[:, 40:]).all()
     _, truth = exact_search(items, queries[:2], 5)
