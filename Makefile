@@ -21,8 +21,15 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-bench: $(STAMP)
+# pecanpy (the walk baseline) pins numpy<2, so it lives in a venv of its own.
+PECANPY := .venv-pecanpy/.installed
+$(PECANPY):
+	@test -x .venv-pecanpy/bin/python || $(PYTHON) -m venv .venv-pecanpy
+	.venv-pecanpy/bin/python -m pip install --quiet --disable-pip-version-check pecanpy==2.0.9
+	@touch $(PECANPY)
+
+bench: $(STAMP) $(PECANPY)
 	$(BIN)/python bench/run_all.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis
+	rm -rf $(VENV) .venv-pecanpy build *.egg-info .pytest_cache .hypothesis
