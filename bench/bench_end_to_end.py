@@ -12,7 +12,7 @@ The Postgres server's memory is in neither.
 
     python bench/bench_end_to_end.py                 # full Ta-Feng (target: under 5 minutes)
     python bench/bench_end_to_end.py --size 1m       # 1M items, ~10M purchase lines (target: 30 min, 8 GB)
-    python bench/bench_end_to_end.py --size 1m --profile /tmp/flow.svg   # py-spy the flow process
+    python bench/bench_end_to_end.py --profile /tmp/flow.txt   # py-spy the flow (.svg: flame graph, else raw stacks)
 """
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -94,12 +95,17 @@ def _tree_rss_mb(pid: int) -> float:
     return total / 2**20
 
 
-def run_flow(env: dict, url: str, config: dict, timeout_s: float, profile: Path | None) -> dict:
+def run_flow(env: dict, url: str, config: dict, timeout_s: float, profile: Path | None, logdir: Path) -> dict:
     cmd = [sys.executable, "-c", FLOW_CHILD, url, json.dumps(config)]
     if profile is not None:
         py_spy = Path(sys.executable).parent / "py-spy"
-        cmd = [str(py_spy), "record", "--subprocesses", "--rate", "20", "-o", str(profile), "--", *cmd]
-    proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        fmt = "flamegraph" if profile.suffix == ".svg" else "raw"  # raw: collapsed stacks, one per line
+        cmd = [str(py_spy), "record", "--subprocesses", "--rate", "20", "--format", fmt, "-o", str(profile),
+               "--", *cmd]
+    # Output goes to files, not pipes: the temporary Prefect server inherits them and may outlive a killed flow.
+    out_path, err_path = logdir / "flow.out", logdir / "flow.err"
+    with out_path.open("w") as out, err_path.open("w") as err:
+        proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=out, stderr=err, start_new_session=True)
     peak = [0.0]
     done = threading.Event()
 
@@ -111,18 +117,36 @@ def run_flow(env: dict, url: str, config: dict, timeout_s: float, profile: Path 
     sampler.start()
     started = time.perf_counter()
     try:
-        out, err = proc.communicate(timeout=timeout_s)
+        proc.wait(timeout=timeout_s)
     except subprocess.TimeoutExpired:
-        proc.kill()
-        out, err = proc.communicate()
+        result = {"error": f"flow did not finish within {timeout_s:.0f}s", "wall_s": round(time.perf_counter() - started)}
+        if profile is not None:
+            proc.send_signal(signal.SIGINT)  # py-spy writes its profile on SIGINT
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                pass
+        os.killpg(proc.pid, signal.SIGKILL)  # the flow and its Prefect server: the group started above
+        proc.wait()
+    else:
+        result = None
+    finally:
         done.set()
-        return {"error": f"flow did not finish within {timeout_s:.0f}s", "wall_s": time.perf_counter() - started,
-                "peak_tree_rss_mb": round(peak[0]), "stderr_tail": err.strip().splitlines()[-5:]}
-    done.set()
-    if proc.returncode != 0:
-        return {"error": f"flow failed (exit {proc.returncode})", "stderr_tail": err.strip().splitlines()[-10:]}
-    result = json.loads(out.strip().splitlines()[-1])
+    tail = err_path.read_text(errors="replace").strip().splitlines()[-10:]
+    if result is None and proc.returncode != 0:
+        result = {"error": f"flow failed (exit {proc.returncode})"}
+    if result is not None:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        return {**result, "peak_tree_rss_mb": round(peak[0]), "stderr_tail": tail}
+    result = json.loads(out_path.read_text().strip().splitlines()[-1])
     result["peak_tree_rss_mb"] = round(peak[0])
+    try:  # the temporary Prefect server normally exits with the flow; make sure
+        os.killpg(proc.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        pass
     return result
 
 
@@ -139,7 +163,7 @@ def main() -> None:
 
     home = Path(tempfile.mkdtemp(prefix="recsys-bench-e2e-"))
     env = {**os.environ, "RECSYS_HOME": str(home), "PREFECT_HOME": str(home / "prefect"), "DO_NOT_TRACK": "1",
-           "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_LOGGING_LEVEL": "WARNING",
+           "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_LOGGING_LEVEL": "INFO",
            "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
     for name in ("RECSYS_DATABASE_URL", "PREFECT_API_URL"):
         env.pop(name, None)
@@ -157,7 +181,7 @@ def main() -> None:
             record["shop"] = SHOP_1M
             shutil.rmtree(home / "shop", ignore_errors=True)
         log(f"{args.size}: running the flow (timeout {timeout_s:.0f}s)")
-        flow = run_flow(env, url, json.loads(args.config), timeout_s, args.profile)
+        flow = run_flow(env, url, json.loads(args.config), timeout_s, args.profile, home)
         record["flow"] = flow
         if "stages" in flow:
             record["flow_s"] = flow["stages"].get("total", flow["wall_s"])

@@ -5,7 +5,7 @@ other's timings if run together), under `nice` when --nice is given. A script
 that fails or prints no JSON line is recorded with its exit code and the end
 of its stderr, and the others still run.
 
-    python bench/run_all.py [--only walks,train] [--skip end_to_end] [--out FILE] [-- extra args ignored]
+    python bench/run_all.py [--only walks,train] [--skip end_to_end] [--out FILE] [--nice 10]
 """
 from __future__ import annotations
 

@@ -58,6 +58,8 @@ def _engine(database_url: str | None):
 def main():
     """Item embeddings (EGES) and a similar-items index from your shop's Postgres."""
     os.environ.setdefault("DO_NOT_TRACK", "1")
+    # the temporary Prefect server of a one-off run must not phone home
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 
 @main.command()
