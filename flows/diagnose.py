@@ -10,12 +10,9 @@ from recsys.config import get_settings
 
 @task(cache_policy=NO_CACHE, retries=3, retry_delay_seconds=[5, 20, 60])
 def extract(database_url: str | None):
-    from recsys.db import get_engine
-    from recsys.extract import extract_dataset
+    from recsys.extract import extract_configured
 
-    settings = get_settings(database_url=database_url)
-    return extract_dataset(get_engine(settings), items_relation=settings.items_relation,
-                           purchases_relation=settings.purchases_relation)
+    return extract_configured(get_settings(database_url=database_url))
 
 
 @task(cache_policy=NO_CACHE)

@@ -34,13 +34,9 @@ def _retry_on_database_errors(task, task_run, state) -> bool:
 @task(cache_policy=NO_CACHE, retries=3, retry_delay_seconds=exponential_backoff(backoff_factor=2), retry_jitter_factor=0.2,
       retry_condition_fn=_retry_on_database_errors)
 def extract(database_url: str | None):
-    from recsys.db import get_engine
-    from recsys.extract import extract_dataset
+    from recsys.extract import extract_configured
 
-    settings = get_settings(database_url=database_url)
-    engine = get_engine(settings)
-    ds = extract_dataset(engine, items_relation=settings.items_relation,
-                         purchases_relation=settings.purchases_relation)
+    ds = extract_configured(get_settings(database_url=database_url))
     get_run_logger().info("extracted %s items, %s users, %s purchase lines (watermark %s)",
                           ds.n_items, ds.n_users, ds.n_purchases, ds.watermark.as_dict())
     return ds
@@ -152,7 +148,7 @@ def train_and_publish(database_url: str | None = None, config: dict | None = Non
         with pipeline.timed(stages, "promote"):
             promoted = promote(version, database_url, gates or {})
     stages["total"] = round(time.perf_counter() - started, 2)
-    markdown = publish_artifacts(version, metrics, ds, stages, promoted, database_url)
+    publish_artifacts(version, metrics, ds, stages, promoted, database_url)
     return {"report": report.to_table(), "version": version, "promoted": promoted, "cached": False, "stages": stages,
             "metrics": {"warm_recall@20": metrics.get("warm", {}).get("recall", {}).get("20"),
                         "cold_recall@20": metrics.get("cold", {}).get("recall", {}).get("20")}}

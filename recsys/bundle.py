@@ -41,6 +41,7 @@ from typing import Any, Callable, Iterable, Protocol
 
 import numpy as np
 
+from recsys.jsonsafe import json_safe as _json_safe
 from recsys.errors import UserError
 
 FORMAT_VERSION = 1
@@ -515,23 +516,6 @@ def _save_json(path: Path, obj) -> None:
 
 def _canonical_json(obj) -> bytes:
     return json.dumps(obj, sort_keys=True, indent=1, ensure_ascii=True, allow_nan=False).encode("ascii")
-
-
-def _json_safe(obj):
-    """JSON-able copy: NaN/inf -> None, numpy scalars/arrays -> Python, tuples -> lists."""
-    if isinstance(obj, dict):
-        return {str(k): _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return _json_safe(obj.tolist())
-    if isinstance(obj, np.generic):
-        obj = obj.item()
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, (str, int, float, bool)) or obj is None:
-        return obj
-    return str(obj)
 
 
 def _sha256_file(path: Path) -> tuple[str, int]:

@@ -222,13 +222,9 @@ def _duration(ctx, param, value):
 
 def _extract(database_url, progress=True):
     from recsys.config import get_settings
-    from recsys.db import get_engine
-    from recsys.extract import extract_dataset
+    from recsys.extract import extract_configured
 
-    settings = get_settings(database_url=database_url)
-    engine = get_engine(settings)
-    ds = extract_dataset(engine, items_relation=settings.items_relation,
-                         purchases_relation=settings.purchases_relation, progress=progress)
+    ds = extract_configured(get_settings(database_url=database_url), progress=progress)
     if ds.n_purchases == 0:
         raise UserError("The database has no purchases yet. Load some first: `recsys load --items ... "
                         "--purchases ...` or `recsys load --dataset tafeng PATH`.")

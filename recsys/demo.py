@@ -126,7 +126,7 @@ def run_demo(*, data: str = "synthetic", data_path: Path | None = None, seed: in
     import os
 
     from recsys.db import get_engine
-    from recsys.extract import extract_dataset
+    from recsys.extract import extract_configured
 
     started = time.perf_counter()
     settings = get_settings(database_url=database_url)
@@ -134,8 +134,7 @@ def run_demo(*, data: str = "synthetic", data_path: Path | None = None, seed: in
     url = engine.url.render_as_string(hide_password=False)
     echo(f"Database: {engine.url.render_as_string(hide_password=True)}")
     load_demo_data(engine, data, data_path, seed, echo=echo)
-    ds = extract_dataset(engine, items_relation=settings.items_relation,
-                         purchases_relation=settings.purchases_relation)
+    ds = extract_configured(settings)
     echo(summarise(ds))
     loaded = time.perf_counter()
 

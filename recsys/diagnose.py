@@ -118,7 +118,7 @@ class DiagnoseReport:
         return self.bge_recall_20 / self.mf_recall_20 - 1.0
 
     def to_dict(self) -> dict:
-        from recsys.evaluate import _json_safe
+        from recsys.jsonsafe import json_safe as _json_safe
 
         d = {k: getattr(self, k) for k in self.__dataclass_fields__}
         d["structure"] = self.structure

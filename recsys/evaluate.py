@@ -21,13 +21,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
+from recsys.jsonsafe import json_safe as _json_safe
 from recsys.dataset import Dataset, Watermark
 
 
@@ -428,22 +428,6 @@ class EvaluationReport:
         out = [head, fmt(cols), "  ".join("-" * w for w in widths)]
         out += [fmt(c) if len(c) == len(cols) else "  ".join(c) for c in lines]
         return "\n".join(out)
-
-
-def _json_safe(obj):
-    """Plain Python types only; NaN/inf become None."""
-    if isinstance(obj, dict):
-        return {str(k): _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
-    if isinstance(obj, (np.integer,)):
-        return int(obj)
-    if isinstance(obj, (float, np.floating)):
-        v = float(obj)
-        return v if math.isfinite(v) else None
-    if isinstance(obj, np.ndarray):
-        return _json_safe(obj.tolist())
-    return obj
 
 
 # --------------------------------------------------------------------------- protocol

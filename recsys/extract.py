@@ -160,3 +160,11 @@ def extract_dataset(engine: Engine, *, items_relation: str = "items", purchases_
     )
     ds.validate()
     return ds
+
+
+def extract_configured(settings, progress: bool = False) -> Dataset:
+    """The whole shop from the configured database and relations (RECSYS_*)."""
+    from recsys.db import get_engine
+
+    return extract_dataset(get_engine(settings), items_relation=settings.items_relation,
+                           purchases_relation=settings.purchases_relation, progress=progress)

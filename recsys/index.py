@@ -36,6 +36,8 @@ from pathlib import Path
 import faiss
 import numpy as np
 
+from recsys.jsonsafe import json_safe as _json_safe
+
 FORMAT_VERSION = 1
 CANDIDATE_FILE, RERANK_FILE, QUERY_FILE, META_FILE = "candidates.faiss", "rerank.faiss", "queries.faiss", "index.json"
 HALF_FILE = "queries_f16.npy"  # query side kept as float16 (query_factory=None)
@@ -521,16 +523,6 @@ class SimilarityIndex:
             raise ValueError(f"{folder / CANDIDATE_FILE} holds {candidates.ntotal} items, index.json says "
                              f"{meta['n_items']}")
         return cls(candidates, rerank, queries, half, meta)
-
-
-def _json_safe(obj):
-    if isinstance(obj, dict):
-        return {str(k): _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
-    if isinstance(obj, np.generic):
-        return obj.item()
-    return obj
 
 
 def measure_recall(index: SimilarityIndex, item_matrix: np.ndarray, queries: np.ndarray, k: int = 10,

@@ -106,14 +106,11 @@ def load_frames(engine: Engine, frames: LoadFrames, *, create_missing_items: boo
     """Write `frames` in one transaction; with `strict`, any rejected row aborts the load unchanged."""
     started = time.perf_counter()
     migrate(engine)
-    item_file_columns = set()
-    item_rows_in_files = 0
-    for f in frames.files:
-        if "category" in f.frame.columns and "item_id" in f.frame.columns and "purchased_at" not in f.frame.columns:
-            item_file_columns = set(f.frame.columns)
-            item_rows_in_files = f.rows
-    present_optional = ([c for c in OPTIONAL_ITEM_COLUMNS if c in item_file_columns or c == "attributes"]
-                        if frames.source == "files" else list(OPTIONAL_ITEM_COLUMNS))
+    items_file = frames.items_file
+    item_rows_in_files = items_file.rows if items_file else 0
+    # only the columns an items file has are updated (a file without `brand` keeps the known brands)
+    present_optional = ([c for c in OPTIONAL_ITEM_COLUMNS if c in items_file.frame.columns or c == "attributes"]
+                        if items_file else list(OPTIONAL_ITEM_COLUMNS))
 
     with engine.begin() as conn:
         conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": LOAD_LOCK_KEY})

@@ -8,6 +8,7 @@ task, a test, or a notebook alike.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -150,17 +151,14 @@ def training_plots(trained) -> dict[str, bytes]:
     }
 
 
+@contextlib.contextmanager
 def timed(stage_times: dict, name: str):
-    """Context manager recording a stage's wall time into stage_times."""
-
-    class _Timer:
-        def __enter__(self):
-            self.started = time.perf_counter()
-
-        def __exit__(self, *exc):
-            stage_times[name] = round(time.perf_counter() - self.started, 2)
-
-    return _Timer()
+    """Record a stage's wall time into stage_times (also when it fails)."""
+    started = time.perf_counter()
+    try:
+        yield
+    finally:
+        stage_times[name] = round(time.perf_counter() - started, 2)
 
 
 def version_with_fingerprint(database_url: str | None, key: str) -> str | None:

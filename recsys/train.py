@@ -228,7 +228,8 @@ def skipgram_pairs(walks: np.ndarray, window: int, rng: np.random.Generator | No
     return np.concatenate(centers), np.concatenate(contexts)
 
 
-def _walk_source(walks_or_graph, config: TrainConfig, epoch: int, batch_walks: int) -> Iterator[np.ndarray]:
+def _walk_source(walks_or_graph, config: TrainConfig, epoch: int, batch_walks: int,
+                 alias_table=None) -> Iterator[np.ndarray]:
     """Walk batches of one epoch: fresh walks from a graph, or a fixed array reshuffled."""
     if isinstance(walks_or_graph, np.ndarray):
         order = np.random.default_rng(config.seed + epoch).permutation(len(walks_or_graph))
@@ -238,10 +239,10 @@ def _walk_source(walks_or_graph, config: TrainConfig, epoch: int, batch_walks: i
     from recsys.walks import iter_walks
 
     yield from iter_walks(walks_or_graph, walk_length=config.walk_length, walks_per_node=config.walks_per_node,
-                          seed=config.seed + 1000 * epoch, batch_size=batch_walks)
+                          seed=config.seed + 1000 * epoch, batch_size=batch_walks, alias_table=alias_table)
 
 
-def _node_counts(walks_or_graph, config: TrainConfig, n_items: int) -> np.ndarray:
+def _node_counts(walks_or_graph, config: TrainConfig, n_items: int, alias_table=None) -> np.ndarray:
     """Walk-node frequencies for the noise distribution (a short pre-pass over the walks)."""
     if isinstance(walks_or_graph, np.ndarray):
         w = walks_or_graph[walks_or_graph >= 0]
@@ -251,7 +252,7 @@ def _node_counts(walks_or_graph, config: TrainConfig, n_items: int) -> np.ndarra
     counts = np.zeros(n_items, np.float64)
     for batch in iter_walks(walks_or_graph, walk_length=config.walk_length,
                             walks_per_node=min(config.walks_per_node, 4), seed=config.seed + 7919,
-                            batch_size=65536):
+                            batch_size=65536, alias_table=alias_table):
         counts += np.bincount(batch[batch >= 0], minlength=n_items)
     return counts
 
@@ -291,7 +292,13 @@ def train_embeddings(ds: Dataset, walks_or_graph, config: TrainConfig = TrainCon
     model = EGES(torch.from_numpy(features.codes), features.cardinalities, dim=config.dim, mode=config.mode).to(device)
     model.requires_grad_(False)  # updates are manual; autograd runs on gathered rows only
 
-    counts = _node_counts(walks_or_graph, config, ds.n_items)
+    # one alias table for the noise pre-pass and every epoch's walks
+    alias_table = None
+    if not isinstance(walks_or_graph, np.ndarray):
+        from recsys.walks import build_alias_table
+
+        alias_table = build_alias_table(walks_or_graph)
+    counts = _node_counts(walks_or_graph, config, ds.n_items, alias_table)
     if counts.sum() == 0:
         raise ValueError("no walks to train on: the graph has no edges")
     noise = NoiseSampler(counts, config.noise_power, device=device)
@@ -321,7 +328,7 @@ def train_embeddings(ds: Dataset, walks_or_graph, config: TrainConfig = TrainCon
         bar = tqdm(total=total_walks, unit="walk", desc=f"{config.mode} training")
     started = time.perf_counter()
     for epoch in range(config.epochs):
-        for walks in _walk_source(walks_or_graph, config, epoch, batch_walks):
+        for walks in _walk_source(walks_or_graph, config, epoch, batch_walks, alias_table):
             lr = config.lr * max(config.min_lr_fraction, 1.0 - walks_done / total_walks)
             loss, pairs = _train_step(model, walks, config, pair_rng, gen, noise, optimisers, context_opt,
                                       attention_opt, has_side, drop_share, lr, device)

@@ -167,19 +167,20 @@ def _walk_chunk(starts: np.ndarray, walk_length: int, rng: np.random.Generator, 
 
 
 def iter_walks(graph: ItemGraph, walk_length: int = 10, walks_per_node: int = 20, seed: int = 0,
-               batch_size: int = DEFAULT_BATCH_SIZE, start_nodes: np.ndarray | None = None
-               ) -> Iterator[np.ndarray]:
+               batch_size: int = DEFAULT_BATCH_SIZE, start_nodes: np.ndarray | None = None,
+               alias_table: AliasTable | None = None) -> Iterator[np.ndarray]:
     """Weighted random walks as int32 batches of shape [<= batch_size, walk_length].
 
     A walk that reaches a node without edges is padded with -1. `start_nodes`
     restricts the walks to start from these nodes (a shard of the item range);
-    nodes without edges never start a walk.
+    nodes without edges never start a walk. `alias_table` (from
+    `build_alias_table(graph)`) lets repeated passes over one graph build it once.
     """
     _check_args(walk_length, walks_per_node, batch_size)
     starts_all = walk_start_nodes(graph, start_nodes)
     if len(starts_all) == 0 or walks_per_node == 0:
         return
-    table = build_alias_table(graph)
+    table = alias_table if alias_table is not None else build_alias_table(graph)
     # Compact copies for stepping: the coin only needs float32, and storing
     # the alias' target node saves a dependent gather per step.
     prob = table.prob.astype(np.float32)

@@ -1,23 +1,12 @@
 import numpy as np
-import pandas as pd
 import pytest
 import scipy.sparse as sp
 
+from toy_data import make_dataset
 from recsys.baselines import (BoughtTogetherRecommender, CategoryPopularityRecommender, ItemCFRecommender,
                               MatrixFactorizationRecommender, PopularityRecommender, basket_item_matrix,
                               cooccurrence_counts, implicit_als)
-from recsys.dataset import from_frames
 from recsys.evaluate import EvalConfig, evaluate
-
-
-def make_dataset(orders, categories=None):
-    """orders: list of (time_s, user, [item ids]); one order per entry."""
-    rows = [(user, item, pd.Timestamp(t, unit="s", tz="UTC"), f"o{n}")
-            for n, (t, user, items) in enumerate(orders) for item in items]
-    purchases = pd.DataFrame(rows, columns=["user_id", "item_id", "purchased_at", "order_id"])
-    ids = sorted({r[1] for r in rows} | set(categories or {}))
-    items = pd.DataFrame({"item_id": ids, "category": [(categories or {}).get(i, "c") for i in ids]})
-    return from_frames(items, purchases)
 
 
 CATEGORIES = {"milk": "dairy", "cheese": "dairy", "yogurt": "dairy", "bread": "bakery", "bun": "bakery",

@@ -1,27 +1,16 @@
 import json
 
 import numpy as np
-import pandas as pd
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from toy_data import make_dataset
 from recsys.baselines import PopularityRecommender
-from recsys.dataset import from_frames
 from recsys.evaluate import (EvalConfig, QuerySet, auc_from_scores, build_queries, evaluate, link_prediction_auc,
                              prepare, sample_non_edges, score_queries, split_chronological, tie_break_order,
                              top_k_leftmost, undirected_edges)
 from recsys.graph import ItemGraph
-
-
-def make_dataset(orders, categories=None):
-    """orders: list of (time_s, user, [item ids]); one order per entry."""
-    rows = [(user, item, pd.Timestamp(t, unit="s", tz="UTC"), f"o{n}")
-            for n, (t, user, items) in enumerate(orders) for item in items]
-    purchases = pd.DataFrame(rows, columns=["user_id", "item_id", "purchased_at", "order_id"])
-    ids = sorted({r[1] for r in rows} | set(categories or {}))
-    items = pd.DataFrame({"item_id": ids, "category": [(categories or {}).get(i, "c") for i in ids]})
-    return from_frames(items, purchases)
 
 
 def queries(anchors, targets):

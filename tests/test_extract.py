@@ -6,7 +6,6 @@ import datetime as dt
 import numpy as np
 import pytest
 
-from recsys.dataset import from_frames
 from recsys.extract import extract_dataset
 from recsys.load import load_frames
 from recsys.loaders.generic import read_frames

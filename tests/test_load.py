@@ -1,7 +1,6 @@
 """`recsys load`: the generic import, idempotence, and every kind of bad input."""
 from __future__ import annotations
 
-import json
 
 import pandas as pd
 import pytest

@@ -53,6 +53,8 @@ class LoadFrames:
     rejects: pd.DataFrame  # REJECT_COLUMNS
     side_features: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # heuristics a person should know about
+    # the user's items file; None when an adapter derives the catalogue (every column then present)
+    items_file: InputFile | None = None
 
     @property
     def input_rows(self) -> int:

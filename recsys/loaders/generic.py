@@ -145,13 +145,14 @@ def read_frames(items_path: str | Path | None, purchases_path: str | Path | None
     """Read and validate the user's files. Either may be omitted (catalogue-only or purchases-only load)."""
     if items_path is None and purchases_path is None:
         raise InputFileError("(no file)", "nothing to load", hint="Pass --items and/or --purchases.")
-    files, reject_parts = [], []
+    files, reject_parts, items_file = [], [], None
     items = pd.DataFrame(columns=[*ITEM_COLUMNS, "attributes"])
     purchases = pd.DataFrame(columns=[*PURCHASE_COLUMNS, "line_no", "file_path", "file_sha256", "row_number"])
     if items_path is not None:
         source = read_table(items_path, encoding=encoding)
         items, rejected = clean_items(source, list(side_features))
         files.append(source)
+        items_file = source
         reject_parts.append(rejected)
     if purchases_path is not None:
         source = read_table(purchases_path, encoding=encoding)
@@ -161,4 +162,4 @@ def read_frames(items_path: str | Path | None, purchases_path: str | Path | None
     parts = [r for r in reject_parts if len(r)]
     rejects = pd.concat(parts, ignore_index=True) if parts else empty_rejects()
     return LoadFrames(source="files", files=files, items=items, purchases=purchases, rejects=rejects,
-                      side_features=list(side_features))
+                      side_features=list(side_features), items_file=items_file)

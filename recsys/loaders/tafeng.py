@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from recsys.loaders.files import (
-    InputFile, LoadFrames, RejectCollector, as_text, blank, parse_number, read_table,
+    LoadFrames, RejectCollector, as_text, blank, parse_number, read_table,
     reject_duplicate_rows, require_columns,
 )
 from recsys.loaders.generic import _purchase_frame
