@@ -1,28 +1,29 @@
 """Training EGES embeddings on random walks, and the recommenders built on them.
 
-The loop is word2vec's skip-gram with negative sampling, batched for speed:
+The loop is word2vec's skip-gram with negative sampling, in two engines with
+one objective:
 
-* walks come in batches from `recsys.walks.iter_walks` (fresh walks each
-  epoch); the (center, context) pairs of a batch are numpy masks per window
-  offset (`window_masks`; `skipgram_pairs` lists the same pairs explicitly);
-* H is computed once per walk *position* (each is the center of up to
-  2*window pairs) from rows gathered out of the tables; the scores of all
-  pairs at offset o are one elementwise product of the walk-shaped tensors
-  shifted by o; gradients are written out by hand (tested against autograd)
-  and go back into the gathered rows with `index_add_` (row-wise Adagrad, as
-  in PyTorch-BigGraph), so no step touches a whole table;
-* noise items are drawn per center position (K of them) and count once for
-  each of that center's pairs: the same K-negatives-per-pair objective as
-  word2vec, with the noise shared between the pairs of one center.
+* "numba" (CPU, the default there): `recsys.sgns_cpu`, one fused kernel per
+  batch of walks that goes center by center as word2vec's C loop does and
+  writes row-wise Adagrad updates straight into the tables (Hogwild across
+  `num_threads` threads). Ta-Feng, 2 cores: about 3.3M pairs/s with one
+  thread and 6.5M with two, against gensim's 2.0M (docs/benchmarks.md);
+* "torch" (GPU, the default there): batched steps. The (center, context)
+  pairs of a batch are numpy masks per window offset (`window_masks`;
+  `skipgram_pairs` lists the same pairs explicitly); H is computed once per
+  walk position; the scores of all pairs at offset o are one elementwise
+  product of walk-shaped tensors shifted by o; gradients are written out by
+  hand (tested against autograd) and go back into the gathered rows with
+  `index_add_` (row-wise Adagrad, as in PyTorch-BigGraph). Steps far above
+  ~65k pairs made Adagrad unstable in one run, so large GPU batches need a
+  lower lr.
+
+Both draw K noise items per center position and count them once for each of
+that center's pairs: the same K-negatives-per-pair objective as word2vec,
+with the noise shared between the pairs of one center.
 
 `TrainedModel` holds numpy arrays only, so it can be written to .npy/.npz
 files and shipped without pickle.
-
-Throughput (Ta-Feng, 2 shared cores, 32768-pair steps): about 0.7-1.0M
-pairs/s with one torch thread; with two threads on a busy machine OpenMP
-oversubscription cut it to 0.3M/s, hence `TrainConfig.num_threads`. Steps far
-above ~65k pairs made Adagrad unstable in one run (loss rose), so large GPU
-batches need a lower lr.
 """
 from __future__ import annotations
 
@@ -39,6 +40,7 @@ from recsys.model import EGES, MODES, PRICE_TIER, ItemFeatures, NoiseSampler, ag
 
 COLD_START_STRATEGIES = ("side_mean", "id_dropout", "ridge")
 SCORERS = ("auto", "cosine", "dot", "inout", "inout_prior")
+ENGINES = ("auto", "numba", "torch")
 
 
 @dataclass
@@ -67,7 +69,9 @@ class TrainConfig:
     id_dropout: float = 0.25  # share of center positions trained without their id (id_dropout)
     ridge_alpha: float = 0.1  # regularisation of the "ridge" cold-start map
     device: str = "auto"  # "auto" = cuda when available, else cpu
-    num_threads: int | None = None  # torch CPU threads; None = torch's default
+    # "auto": the fused numba kernel on CPU (recsys.sgns_cpu), the batched PyTorch step on GPU
+    engine: str = "auto"
+    num_threads: int | None = None  # CPU threads of the training loop; None = all cores
     # --- how the recommender scores candidates ---------------------------------
     scorer: str = "auto"  # "auto" picks on the validation split; or one of SCORERS[1:]
     prior_beta: float | None = None  # weight of log(popularity) for inout_prior; None = tune
@@ -83,6 +87,8 @@ class TrainConfig:
     def validate(self) -> None:
         if self.mode not in MODES:
             raise ValueError(f"TrainConfig.mode must be one of {MODES}, got {self.mode!r}")
+        if self.engine not in ENGINES:
+            raise ValueError(f"TrainConfig.engine must be one of {ENGINES}, got {self.engine!r}")
         if self.cold_start not in COLD_START_STRATEGIES:
             raise ValueError(f"TrainConfig.cold_start must be one of {COLD_START_STRATEGIES}, got {self.cold_start!r}")
         if self.scorer not in SCORERS:
@@ -103,9 +109,16 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.validation_fraction must be in [0, 1), got {self.validation_fraction}")
 
     def resolved_device(self) -> torch.device:
+        if self.engine == "numba":
+            return torch.device("cpu")
         if self.device == "auto":
             return torch.device("cuda" if torch.cuda.is_available() else "cpu")
         return torch.device(self.device)
+
+    def resolved_engine(self) -> str:
+        if self.engine != "auto":
+            return self.engine
+        return "numba" if self.resolved_device().type == "cpu" else "torch"
 
 
 # --------------------------------------------------------------------------- the result
@@ -284,7 +297,8 @@ def train_embeddings(ds: Dataset, walks_or_graph, config: TrainConfig = TrainCon
                      progress: bool = True) -> TrainedModel:
     """Train EGES/GES/BGE on walks (an ItemGraph to walk on, or an int array of walks)."""
     config.validate()
-    if config.num_threads:
+    engine = config.resolved_engine()
+    if config.num_threads and engine == "torch":
         torch.set_num_threads(config.num_threads)
     torch.manual_seed(config.seed)
     device = config.resolved_device()
@@ -301,16 +315,6 @@ def train_embeddings(ds: Dataset, walks_or_graph, config: TrainConfig = TrainCon
     counts = _node_counts(walks_or_graph, config, ds.n_items, alias_table)
     if counts.sum() == 0:
         raise ValueError("no walks to train on: the graph has no edges")
-    noise = NoiseSampler(counts, config.noise_power, device=device)
-    gen = torch.Generator(device=device)
-    gen.manual_seed(config.seed)
-    pair_rng = np.random.default_rng(config.seed)
-
-    tables = model.tables()
-    optimisers = [RowAdagrad(t.shape[0], device) for t in tables]
-    context_opt = RowAdagrad(ds.n_items, device)
-    attention_opt = RowAdagrad(ds.n_items, device)
-    has_side = (model.feature_codes > 0).any(dim=1) if model.n_features else torch.zeros(ds.n_items, dtype=torch.bool, device=device)
     drop_share = config.id_dropout if (config.cold_start == "id_dropout" and model.n_features) else 0.0
 
     pairs_per_walk = max(1, sum(2 * (config.walk_length - o) for o in range(1, min(config.window, config.walk_length - 1) + 1)))
@@ -318,34 +322,116 @@ def train_embeddings(ds: Dataset, walks_or_graph, config: TrainConfig = TrainCon
         pairs_per_walk = max(1, pairs_per_walk * (config.window + 1) // (2 * config.window))
     batch_walks = max(1, config.batch_size // pairs_per_walk)
     total_walks = max(1, _n_walks(walks_or_graph, config) * config.epochs)
-
-    losses: list[float] = []
-    n_pairs, walks_done = 0, 0
+    batches = ((epoch, walks) for epoch in range(config.epochs)
+               for walks in _walk_source(walks_or_graph, config, epoch, batch_walks, alias_table))
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=total_walks, unit="walk", desc=f"{config.mode} training")
     started = time.perf_counter()
-    for epoch in range(config.epochs):
-        for walks in _walk_source(walks_or_graph, config, epoch, batch_walks, alias_table):
-            lr = config.lr * max(config.min_lr_fraction, 1.0 - walks_done / total_walks)
-            loss, pairs = _train_step(model, walks, config, pair_rng, gen, noise, optimisers, context_opt,
-                                      attention_opt, has_side, drop_share, lr, device)
-            walks_done += len(walks)
-            if pairs:
-                n_pairs += pairs
-                losses.append(loss / pairs)
-            if bar is not None:
-                bar.update(len(walks))
-                if losses:
-                    bar.set_postfix(loss=f"{losses[-1]:.4f}", refresh=False)
+    if engine == "numba":
+        losses, n_pairs, threads = _epochs_numba(model, batches, counts, config, drop_share, total_walks, bar)
+    else:
+        losses, n_pairs, threads = _epochs_torch(model, batches, counts, config, drop_share, total_walks, bar,
+                                                 device)
     seconds = time.perf_counter() - started
     if bar is not None:
         bar.close()
     return _to_trained(model, features, counts, losses, config,
                        {"pairs": n_pairs, "seconds": seconds, "pairs_per_s": n_pairs / max(seconds, 1e-9),
-                        "device": str(device)})
+                        "device": str(device), "engine": engine, "threads": threads})
+
+
+def _learning_rate(config: TrainConfig, walks_done: int, total_walks: int) -> float:
+    """Linear decay from lr to lr * min_lr_fraction over the run."""
+    return config.lr * max(config.min_lr_fraction, 1.0 - walks_done / total_walks)
+
+
+def _epochs_torch(model: EGES, batches, counts: np.ndarray, config: TrainConfig, drop_share: float,
+                  total_walks: int, bar, device) -> tuple[list[float], int, int]:
+    """The batched PyTorch step (GPUs; `engine="torch"` on CPU)."""
+    noise = NoiseSampler(counts, config.noise_power, device=device)
+    gen = torch.Generator(device=device)
+    gen.manual_seed(config.seed)
+    pair_rng = np.random.default_rng(config.seed)
+    optimisers = [RowAdagrad(t.shape[0], device) for t in model.tables()]
+    context_opt = RowAdagrad(model.n_items, device)
+    attention_opt = RowAdagrad(model.n_items, device)
+    has_side = ((model.feature_codes > 0).any(dim=1) if model.n_features
+                else torch.zeros(model.n_items, dtype=torch.bool, device=device))
+    losses: list[float] = []
+    n_pairs, walks_done = 0, 0
+    for _, walks in batches:
+        lr = _learning_rate(config, walks_done, total_walks)
+        loss, pairs = _train_step(model, walks, config, pair_rng, gen, noise, optimisers, context_opt,
+                                  attention_opt, has_side, drop_share, lr, device)
+        walks_done += len(walks)
+        if pairs:
+            n_pairs += pairs
+            losses.append(loss / pairs)
+        if bar is not None:
+            bar.update(len(walks))
+            if losses:
+                bar.set_postfix(loss=f"{losses[-1]:.4f}", refresh=False)
+    return losses, n_pairs, torch.get_num_threads()
+
+
+def component_rows(model: EGES) -> tuple[np.ndarray, np.ndarray]:
+    """(offsets of each table in one stacked array, (n_items, J) row of each item's component there, -1 = missing)."""
+    sizes = [t.shape[0] for t in model.tables()]
+    offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
+    codes = model.feature_codes.cpu().numpy()
+    rows = np.empty((model.n_items, 1 + model.n_features), np.int64)
+    rows[:, 0] = np.arange(model.n_items)
+    for j in range(model.n_features):
+        rows[:, j + 1] = np.where(codes[:, j] > 0, offsets[j + 1] + codes[:, j], -1)
+    return offsets, rows
+
+
+def _epochs_numba(model: EGES, batches, counts: np.ndarray, config: TrainConfig, drop_share: float,
+                  total_walks: int, bar) -> tuple[list[float], int, int]:
+    """The fused CPU kernel (recsys.sgns_cpu): tables as one stacked numpy array, updated in place."""
+    from recsys import sgns_cpu
+
+    threads = sgns_cpu.set_threads(config.num_threads)
+    tables = model.tables()
+    offsets, comp_rows = component_rows(model)
+    emb = np.ascontiguousarray(np.concatenate([t.cpu().numpy() for t in tables]), dtype=np.float32)
+    ctx = np.ascontiguousarray(model.context_embedding.weight.cpu().numpy(), dtype=np.float32)
+    logits = np.ascontiguousarray(model.attention_logits.detach().cpu().numpy(), dtype=np.float32)
+    emb_state = np.zeros(len(emb), np.float32)
+    ctx_state = np.zeros(len(ctx), np.float32)
+    logit_state = np.zeros(len(logits), np.float32)
+    table = sgns_cpu.noise_table(counts, config.noise_power)
+    has_side = (comp_rows[:, 1:] >= 0).any(axis=1) if model.n_features else np.zeros(model.n_items, bool)
+    learn_attention = model.mode == "eges"
+    losses: list[float] = []
+    n_pairs, walks_done = 0, 0
+    for _, walks in batches:
+        walks = np.ascontiguousarray(walks, dtype=np.int64)
+        lr = _learning_rate(config, walks_done, total_walks)
+        loss_out = np.zeros(len(walks), np.float64)
+        pairs_out = np.zeros(len(walks), np.int64)
+        sgns_cpu.train_batch(walks, walks_done, config.seed, comp_rows, emb, emb_state, ctx, ctx_state, logits,
+                             logit_state, table, has_side, config.window, config.dynamic_window,
+                             config.negatives, drop_share, learn_attention, lr, lr * config.attention_lr_scale,
+                             1e-10, loss_out, pairs_out)
+        walks_done += len(walks)
+        pairs = int(pairs_out.sum())
+        if pairs:
+            n_pairs += pairs
+            losses.append(float(loss_out.sum()) / pairs)
+        if bar is not None:
+            bar.update(len(walks))
+            if losses:
+                bar.set_postfix(loss=f"{losses[-1]:.4f}", refresh=False)
+    with torch.no_grad():  # back into the module, which _to_trained reads
+        for table_t, start in zip(tables, offsets):
+            table_t.copy_(torch.from_numpy(emb[start:start + table_t.shape[0]]))
+        model.context_embedding.weight.copy_(torch.from_numpy(ctx))
+        model.attention_logits.copy_(torch.from_numpy(logits))
+    return losses, n_pairs, threads
 
 
 def window_masks(walks: np.ndarray, window: int, rng: np.random.Generator | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
