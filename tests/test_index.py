@@ -33,6 +33,8 @@ CONFIGS = {
     "pq": IndexConfig(factory="PQ8", query_factory="PQ8", recall_queries=200),  # no IDSelector: over-fetch path
     "ivf": IndexConfig(factory="IVF16,PQ8", query_factory="PQ8", nprobe=2, recall_queries=200),  # selector path
     "rerank": IndexConfig(factory="PQ4", rerank="SQ8", query_factory="PQ8", k_factor=3, recall_queries=200),
+    # the default layout: 4-bit fast-scan candidates, the prior in its own code, re-scored with the exact prior
+    "auto": IndexConfig(pq_min_items=1, recall_queries=200),
 }
 
 
@@ -73,7 +75,7 @@ def test_save_and_load_give_identical_results(indexes, tmp_path):
     for name, index in indexes.items():
         folder = tmp_path / name
         index.save(folder)
-        assert {p.suffix for p in folder.iterdir()} <= {".faiss", ".json"}
+        assert {p.suffix for p in folder.iterdir()} <= {".faiss", ".json", ".npy"}  # no pickle anywhere
         loaded = SimilarityIndex.load(folder)
         allowed = np.arange(N) % 3 == 0
         for kwargs in ({}, {"allowed": allowed}, {"exclude": np.arange(50)}):
@@ -128,18 +130,36 @@ def test_per_query_exclusions(indexes):
     np.testing.assert_array_equal(ids[:, :4], first[:, 1:5])
 
 
-def test_code_bytes_per_item_are_an_eighth_of_float32_or_less():
-    """Marginal bytes per extra item (both sides' codes; codebooks are a fixed cost) at dim 64 + prior."""
-    config = IndexConfig(recall_queries=0, pq_min_items=1)  # "auto" at scale: PQ17 candidates, PQ8 queries
+def test_code_bytes_per_item_are_an_eighth_of_the_float32_vectors_or_less():
+    """Marginal bytes per extra item (codebooks are a fixed cost) at dim 64 + prior, against the float32
+    vectors the index stands for: the candidate side (65 floats) and the query side (64)."""
+    config = IndexConfig(recall_queries=0, pq_min_items=1)  # "auto" at scale
     items = clustered(3000, 64, seed=3)
     queries = queries_for(items, seed=4)
     small = SimilarityIndex.build(items[:1500], queries[:1500], config)
     large = SimilarityIndex.build(items, queries, config)
-    assert large.meta["factory_used"] == "PQ17" and large.meta["query_factory_used"] == "PQ8"
+    assert large.meta["factory_used"] == "PQ65x4fs" and large.meta["query_factory_used"] == "PQ8"
+    assert large.meta["prior_exact"] and large.stats["prior_bytes"] == 2 * 3000
     per_item = (large.stats["total_bytes"] - small.stats["total_bytes"]) / 1500
-    assert per_item <= 64 * 4 / 8, per_item
+    assert per_item <= (64 + 65) * 4 / 8, per_item
     shared = SimilarityIndex.build(items[:, :64], items[:, :64], config)  # cosine/dot: one side stored once
     assert shared.meta["query_side"] == "candidates" and shared.stats["query_bytes"] == 0
+    assert not shared.meta["prior_exact"]
+
+
+def test_fast_scan_search_returns_the_decoded_ranking_with_the_exact_prior(indexes):
+    """The first stage scans 4-bit codes with 8-bit look-up tables; the re-scored pool gives the ranking of
+    the decoded vectors, whose prior column is the exact one."""
+    index = indexes["auto"]
+    assert index.meta["factory_used"] == "PQ33x4fs" and index.meta["prior_exact"]
+    decoded = index.candidate_vectors()
+    np.testing.assert_allclose(decoded[:, -1], ITEMS[:, -1], rtol=1e-3, atol=1e-3)
+    queries = index.query_vectors(np.arange(100))
+    scores, ids = index.search(queries, 10)
+    truth = np.argsort(-(queries @ decoded.T), axis=1, kind="stable")[:, :10]
+    overlap = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(truth, ids)])
+    assert overlap >= 0.97, overlap
+    np.testing.assert_allclose(scores, np.take_along_axis(queries @ decoded.T, ids, 1), rtol=1e-5, atol=1e-5)
 
 
 def test_tiny_catalogue_falls_back_and_pads_results():
