@@ -12,7 +12,11 @@ prior, the shape of the EGES "inout_prior" scorer. With --vectors FILE.npy
 Reported: bytes per item (serialized, both sides), build seconds, recall@10
 against exact inner-product search (coded query side, so end to end),
 single-query p50/p99 latency and the time of one 1000-query batch, with and
-without a filter that keeps 10% of the items.
+without a filter that keeps 10% of the items, through `SimilarityIndex.search`;
+then the same index is written into a version bundle (random catalogue
+metadata: 50 categories, 20 brands, prices) and opened with `recsys.Client`:
+`Client.similar` p50/p99, `similar_batch` of 1,000 ids, and
+`similar_to_new_item` p50 (`client_*` fields; `--no-client` skips them).
 """
 from __future__ import annotations
 
@@ -93,6 +97,7 @@ def run(args) -> dict:
     batch_filtered_s = time.perf_counter() - t
     stats = index.stats
     ms = lambda xs, p: round(1e3 * float(np.percentile(xs, p)), 4)
+    client = {} if args.no_client else client_latency(index, args)
     return {
         "n_items": n, "dim": int(items.shape[1]), "vectors": source, "factory": index.meta["factory_used"],
         "query_factory": index.meta["query_factory_used"], "query_side": index.meta["query_side"],
@@ -104,7 +109,66 @@ def run(args) -> dict:
         "single_query_p50_ms": ms(single, 50), "single_query_p99_ms": ms(single, 99),
         "filtered10pct_p50_ms": ms(filtered, 50), "filtered10pct_p99_ms": ms(filtered, 99),
         "batch_1000_s": round(batch_s, 4), "batch_1000_filtered10pct_s": round(batch_filtered_s, 4),
+        **client,
     }
+
+
+def client_latency(index, args) -> dict:
+    """Write the index into a bundle with a random catalogue and time the public client on it."""
+    import shutil
+    import tempfile
+
+    from recsys import bundle as B
+    from recsys.client import Client
+
+    n, dim = index.n_items, index.dim - 1  # the last column is the prior (inout_prior scorer)
+    rng = np.random.default_rng(args.seed + 2)
+    categories = ["<missing>"] + [f"category-{i}" for i in range(50)]
+    brands = ["<missing>"] + [f"brand-{i}" for i in range(20)]
+    tiers = ["<missing>"] + [f"tier{i}" for i in range(1, 5)]
+    values = {"category": categories, "brand": brands, "price_tier": tiers}
+    tables = {name: rng.normal(scale=0.1, size=(len(v), dim)).astype(np.float32) for name, v in values.items()}
+    for table in tables.values():
+        table[0] = 0.0
+    edges = np.array([10.0, 30.0, 60.0])
+    category = rng.integers(1, len(categories), n).astype(np.int32)
+    brand = rng.integers(0, len(brands), n).astype(np.int32)
+    price = rng.uniform(1, 100, n).astype(np.float32)
+    codes = np.stack([category, brand, B.price_tier_codes(price, edges)], axis=1).astype(np.int32)
+    items = B.ItemTable(item_ids=np.array([f"item-{i}" for i in range(n)], dtype=np.str_), category=category,
+                        category_values=categories, brand=brand, brand_values=brands, price=price,
+                        in_stock=rng.random(n) < 0.9, feature_codes=codes,
+                        attention_logits=rng.normal(size=(n, 4)).astype(np.float32),
+                        index_row=np.arange(n, dtype=np.int32))
+    model = B.ModelTables(feature_names=list(values), feature_values=values, side_tables=tables,
+                          price_tier_edges=edges, config={"mode": "eges", "dim": dim, "cold_start": "id_dropout"})
+    parts = B.BundleParts(items=items, model=model, indexes={"warm": index},
+                          scorers={"warm": {"kind": "inout_prior", "beta": 0.3}}, metrics={},
+                          watermark={"n_items": n})
+    root = tempfile.mkdtemp(prefix="bench-index-bundle-")
+    try:
+        client = Client.open(B.write_bundle(root, None, parts))
+        ids = [f"item-{i}" for i in rng.choice(n, max(1000, args.single_queries), replace=False)]
+        client.similar(ids[0], k=10)  # warm-up
+        single = []
+        for item_id in ids[:args.single_queries]:
+            t = time.perf_counter()
+            client.similar(item_id, k=10)
+            single.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        client.similar_batch(ids[:1000], k=10)
+        batch_s = time.perf_counter() - t
+        new = []
+        for c in range(args.single_queries):
+            t = time.perf_counter()
+            client.similar_to_new_item(category=categories[1 + c % 50], brand=brands[1 + c % 20], price=25.0, k=10)
+            new.append(time.perf_counter() - t)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    ms = lambda xs, p: round(1e3 * float(np.percentile(xs, p)), 4)
+    return {"client_similar_p50_ms": ms(single, 50), "client_similar_p99_ms": ms(single, 99),
+            "client_similar_batch_1000_s": round(batch_s, 4),
+            "client_new_item_p50_ms": ms(new, 50), "client_new_item_p99_ms": ms(new, 99)}
 
 
 def main() -> None:
@@ -120,6 +184,7 @@ def main() -> None:
     parser.add_argument("--single-queries", type=int, default=300)
     parser.add_argument("--threads", type=int, default=0, help="FAISS OpenMP threads (0 = FAISS default)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-client", action="store_true", help="skip the bundle + Client measurements")
     print(json.dumps(run(parser.parse_args())))
 
 

@@ -23,8 +23,11 @@ SCRIPTS = {
     "load": ["bench_load.py"],
     "walks": ["bench_walks.py"],
     "train": ["bench_train.py"],
-    "index": ["bench_index.py"],
+    "index_tafeng_size": ["bench_index.py", "--n-items", "24000", "--threads", "1"],
+    "index_100k": ["bench_index.py", "--n-items", "100000", "--threads", "1"],
+    "index_1m": ["bench_index.py", "--n-items", "1000000", "--threads", "1"],
     "end_to_end": ["bench_end_to_end.py"],
+    "end_to_end_1m": ["bench_end_to_end.py", "--size", "1m"],
 }
 
 

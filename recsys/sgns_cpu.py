@@ -24,6 +24,7 @@ it, -1 when the feature is missing.
 from __future__ import annotations
 
 import math
+import threading
 
 import numba as nb
 import numpy as np
@@ -31,8 +32,10 @@ import numpy as np
 NOISE_TABLE_MAX = 1 << 24  # entries of the unigram noise table (word2vec uses 1e8)
 NOISE_TABLE_MIN = 1 << 20
 
-_U64 = nb.uint64
 _MULT = np.uint64(0x2545F4914F6CDD1D)
+# numba's "workqueue" threading layer (the fallback where neither OpenMP nor TBB loads) aborts the
+# process when two threads launch parallel kernels at once: trainings in one process take turns
+KERNEL_LOCK = threading.Lock()
 
 
 @nb.njit(inline="always")

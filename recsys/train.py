@@ -413,10 +413,12 @@ def _epochs_numba(model: EGES, batches, counts: np.ndarray, config: TrainConfig,
         lr = _learning_rate(config, walks_done, total_walks)
         loss_out = np.zeros(len(walks), np.float64)
         pairs_out = np.zeros(len(walks), np.int64)
-        sgns_cpu.train_batch(walks, walks_done, config.seed, comp_rows, emb, emb_state, ctx, ctx_state, logits,
-                             logit_state, table, has_side, config.window, config.dynamic_window,
-                             config.negatives, drop_share, learn_attention, lr, lr * config.attention_lr_scale,
-                             1e-10, loss_out, pairs_out)
+        with sgns_cpu.KERNEL_LOCK:
+            sgns_cpu.set_threads(config.num_threads)  # numba's thread count is per calling thread
+            sgns_cpu.train_batch(walks, walks_done, config.seed, comp_rows, emb, emb_state, ctx, ctx_state,
+                                 logits, logit_state, table, has_side, config.window, config.dynamic_window,
+                                 config.negatives, drop_share, learn_attention, lr, lr * config.attention_lr_scale,
+                                 1e-10, loss_out, pairs_out)
         walks_done += len(walks)
         pairs = int(pairs_out.sum())
         if pairs:
