@@ -280,11 +280,11 @@ class _Accumulator:
         self.n = 0
         self.covered = {k: np.zeros(n_columns, dtype=bool) for k in self.ks}
 
-    def add(self, scores: np.ndarray, t_rows: np.ndarray, t_cols: np.ndarray) -> None:
-        """scores: [b, n_columns] in tie-break column order; targets as (row, column) pairs."""
-        b, m = scores.shape
+    def add_ranked(self, top: np.ndarray, rank: np.ndarray, t_rows: np.ndarray, t_cols: np.ndarray,
+                   m: int) -> None:
+        """top: [b, >= max(ks)] best columns per row; rank: rank of each row's best target."""
+        b = len(top)
         n_targets = np.bincount(t_rows, minlength=b)
-        top = top_k_leftmost(scores, max(self.ks))
         target_key = t_rows.astype(np.int64) * m + t_cols
         top_hit = np.isin(np.arange(b)[:, None] * m + top, target_key)
         for k in self.ks:
@@ -292,20 +292,6 @@ class _Accumulator:
             self.recall[k] += float((hits / np.minimum(n_targets, k)).sum())
             self.hits[k] += float((hits > 0).sum())
             self.covered[k][top[:, :k].ravel()] = True
-        # Rank of the best target over the full ranking (same tie rule): the targets
-        # scoring above it, plus the equal ones to its left, plus one.
-        t_scores = scores[t_rows, t_cols]
-        best = np.full(b, -np.inf, dtype=scores.dtype)
-        np.maximum.at(best, t_rows, t_scores)
-        at_best = t_scores == best[t_rows]
-        best_col = np.full(b, m, dtype=np.int64)
-        np.minimum.at(best_col, t_rows[at_best], t_cols[at_best])
-        rank = 1 + (scores > best[:, None]).sum(axis=1)
-        equal = scores == best[:, None]
-        crowded = np.flatnonzero(equal.sum(axis=1) > 1)
-        if len(crowded):
-            left = np.arange(m)[None, :] < best_col[crowded, None]
-            rank[crowded] += (equal[crowded] & left).sum(axis=1)
         self.rr += float((1.0 / rank).sum())
         self.n += b
 
@@ -330,6 +316,8 @@ def score_queries(score_fn: Callable[[np.ndarray], np.ndarray], queries: QuerySe
     `columns`: the candidate (warm) items in tie-break order; the ranking is
     over these columns only, with the anchor itself removed when `mask_anchor`.
     """
+    from recsys.ranking import rank_rows
+
     started = time.perf_counter()
     acc = _Accumulator(ks, len(columns))
     col_of_item = np.full(n_items, -1, dtype=np.int64)
@@ -341,17 +329,15 @@ def score_queries(score_fn: Callable[[np.ndarray], np.ndarray], queries: QuerySe
         raw = np.asarray(score_fn(anchors))
         if raw.shape != (hi - lo, n_items):
             raise ValueError(f"{name} returned scores of shape {raw.shape}, expected {(hi - lo, n_items)}")
-        scores = raw[:, columns].astype(np.float32, copy=False)
-        if np.isnan(scores).any():
-            raise ValueError(f"{name} returned NaN scores")
-        rows = np.arange(hi - lo)
-        if mask_anchor:
-            anchor_col = col_of_item[anchors]
-            own = anchor_col >= 0
-            scores[rows[own], anchor_col[own]] = -np.inf
-        t_rows = np.repeat(rows, np.diff(queries.indptr[lo:hi + 1]))
+        raw = raw.astype(np.float32, copy=False)
+        anchor_col = col_of_item[anchors] if mask_anchor else np.full(hi - lo, -1, np.int64)
+        t_indptr = queries.indptr[lo:hi + 1] - queries.indptr[lo]
+        t_rows = np.repeat(np.arange(hi - lo), np.diff(t_indptr))
         t_cols = col_of_item[queries.targets[queries.indptr[lo]:queries.indptr[hi]]]
-        acc.add(scores, t_rows, t_cols)
+        top, rank, nan = rank_rows(raw, columns, anchor_col, t_indptr, t_cols, max(ks))
+        if nan:
+            raise ValueError(f"{name} returned NaN scores")
+        acc.add_ranked(top, rank, t_rows, t_cols, len(columns))
     return acc.result(queries.n_available, time.perf_counter() - started)
 
 

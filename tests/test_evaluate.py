@@ -68,6 +68,33 @@ def test_top_k_leftmost_matches_a_full_stable_sort(b, m, k, seed):
     assert np.array_equal(top_k_leftmost(scores, k), expected)
 
 
+@settings(max_examples=80, deadline=None)
+@given(st.integers(1, 6), st.integers(1, 15), st.integers(1, 14), st.integers(0, 10_000), st.booleans())
+def test_one_pass_ranking_matches_a_full_stable_sort(b, n_items, k, seed, mask_anchor):
+    """rank_rows (numba, one pass a row) = stable sort of the ranked columns, anchor at -inf."""
+    from recsys.ranking import rank_rows
+
+    rng = np.random.default_rng(seed)
+    raw = rng.integers(0, 3, size=(b, n_items)).astype(np.float32)  # many ties
+    columns = rng.permutation(n_items)[:rng.integers(1, n_items + 1)]
+    m = len(columns)
+    anchor_col = rng.integers(-1, m, size=b) if mask_anchor else np.full(b, -1)
+    n_targets = rng.integers(1, m + 1, size=b)
+    t_cols = np.concatenate([rng.choice(m, t, replace=False) for t in n_targets])
+    t_indptr = np.concatenate([[0], np.cumsum(n_targets)])
+    top, rank, nan = rank_rows(raw, columns, anchor_col, t_indptr, t_cols, k)
+    scores = raw[:, columns]
+    rows = np.flatnonzero(anchor_col >= 0)
+    scores[rows, anchor_col[rows]] = -np.inf
+    order = np.argsort(-scores, axis=1, kind="stable")
+    assert np.array_equal(top, order[:, :min(k, m)]) and not nan
+    for r in range(b):
+        position = {c: i for i, c in enumerate(order[r])}
+        assert rank[r] == 1 + min(position[c] for c in t_cols[t_indptr[r]:t_indptr[r + 1]])
+    raw[0, columns[0]] = np.nan
+    assert rank_rows(raw, columns, np.full(b, -1), t_indptr, t_cols, k)[2]
+
+
 def test_all_equal_scores_rank_like_popularity():
     ds = make_dataset([(0, "u1", ["a", "b"]), (1, "u2", ["b", "c"]), (2, "u3", ["b", "a"]),
                        (10, "u1", ["a", "c"]), (11, "u2", ["b", "c"])])
