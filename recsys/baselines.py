@@ -7,6 +7,7 @@ brand or price), never from their id or purchases.
 """
 from __future__ import annotations
 
+import numba as nb
 import numpy as np
 import scipy.sparse as sp
 
@@ -208,19 +209,46 @@ def implicit_als(interactions: sp.csr_matrix, dim: int = 64, regularization: flo
     return x, y
 
 
+@nb.njit(parallel=True, fastmath=True, cache=True)
+def _sparse_weighted(indptr, cols, weight, y, v, out):
+    """out[u] = sum over row u's entries (c, w): w * <y[c], v[u]> * y[c]; with v None-like (empty), w * y[c].
+
+    The observed-entries part of the ALS normal equations, row by row, so no
+    (nnz, dim) gather is ever materialised.
+    """
+    n, d = out.shape
+    use_v = v.shape[0] > 0
+    for u in nb.prange(n):
+        for k in range(d):
+            out[u, k] = 0.0
+        for e in range(indptr[u], indptr[u + 1]):
+            c = cols[e]
+            w = weight[e]
+            if use_v:
+                dot = np.float32(0.0)
+                for k in range(d):
+                    dot += y[c, k] * v[u, k]
+                w = w * dot
+            for k in range(d):
+                out[u, k] += w * y[c, k]
+
+
 def _cg_half_step(r: sp.csr_matrix, x: np.ndarray, y: np.ndarray, reg: float, alpha: float,
                   steps: int) -> np.ndarray:
     """A few CG steps on every row's normal equations, all rows at once."""
-    rows = np.repeat(np.arange(r.shape[0]), np.diff(r.indptr))
-    cols = r.indices
-    extra = alpha * r.data  # c_ui - 1 on observed entries
+    indptr, cols = r.indptr.astype(np.int64), r.indices.astype(np.int64)
+    extra = (alpha * r.data).astype(np.float32)  # c_ui - 1 on observed entries
+    y = np.ascontiguousarray(y, dtype=np.float32)
     gram = y.T @ y + reg * np.eye(y.shape[1], dtype=np.float32)
+    scratch = np.empty_like(x)
+    no_v = np.zeros((0, y.shape[1]), np.float32)
 
     def apply_a(v: np.ndarray) -> np.ndarray:
-        w = extra * np.einsum("nd,nd->n", y[cols], v[rows])
-        return v @ gram + sp.csr_matrix((w, cols, r.indptr), shape=r.shape) @ y
+        _sparse_weighted(indptr, cols, extra, y, np.ascontiguousarray(v), scratch)
+        return v @ gram + scratch
 
-    b = sp.csr_matrix((1.0 + extra, cols, r.indptr), shape=r.shape) @ y
+    b = np.empty_like(x)
+    _sparse_weighted(indptr, cols, (1.0 + extra).astype(np.float32), y, no_v, b)
     x = x.copy()
     resid = b - apply_a(x)
     direction = resid.copy()

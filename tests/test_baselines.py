@@ -132,3 +132,23 @@ def test_baselines_on_a_synthetic_shop_beat_chance():
         assert row.warm.recall[20] > 2 * 20 / n_warm, row.name  # well above a random list
     together = report.row("bought-together counts").warm.recall[20]
     assert together > report.row("popularity").warm.recall[20]
+
+
+def test_als_half_step_matches_the_dense_normal_equations():
+    """Enough CG steps solve (Y'Y + reg I + Y' diag(c_u - 1) Y) x_u = Y' c_u p_u for every row."""
+    import scipy.sparse as sp
+
+    from recsys.baselines import _cg_half_step
+
+    rng = np.random.default_rng(0)
+    r = sp.random(30, 12, density=0.3, random_state=1, format="csr", dtype=np.float32)
+    r.data = np.log1p(rng.integers(1, 5, r.nnz)).astype(np.float32)
+    y = rng.standard_normal((12, 4)).astype(np.float32)
+    x0 = np.zeros((30, 4), np.float32)
+    got = _cg_half_step(r, x0, y, reg=0.1, alpha=10.0, steps=8)
+    for u in range(30):
+        cols, vals = r.indices[r.indptr[u]:r.indptr[u + 1]], r.data[r.indptr[u]:r.indptr[u + 1]]
+        c = 1.0 + 10.0 * vals
+        a = y.T @ y + 0.1 * np.eye(4) + (y[cols].T * (c - 1)) @ y[cols]
+        b = y[cols].T @ c
+        np.testing.assert_allclose(got[u], np.linalg.solve(a, b), rtol=2e-3, atol=2e-3)
