@@ -3,8 +3,9 @@
 The evaluation ranks every warm item for every query. With numpy that is a
 partition, several boolean masks and a gather per row block, all over the
 whole catalogue: at 1M items that took minutes per row of the table. Here
-each row is read once: a k-slot buffer keeps the best columns, and the same
-pass counts the columns that beat the best target (its rank, for MRR).
+each row is read once, in memory order: a k-slot buffer keeps the best
+columns, and the same pass counts the columns that beat the best target
+(its rank, for MRR).
 
 Order everywhere: score descending, then column ascending (columns come in
 tie-break order), the rule of `recsys.evaluate.top_k_leftmost`.
@@ -16,17 +17,16 @@ import numpy as np
 
 
 @nb.njit(parallel=True, cache=True)
-def _rank_rows(raw, columns, anchor_col, t_indptr, t_cols, k, top_out, rank_out, nan_out):
-    b = raw.shape[0]
-    m = columns.shape[0]
+def _rank_rows(raw, col_of_item, n_columns, anchor_col, t_indptr, t_cols, t_items, k, top_out, rank_out, nan_out):
+    b, n_items = raw.shape
     neg_inf = np.float32(-np.inf)
     for r in nb.prange(b):
         anchor = anchor_col[r]
         best = neg_inf
-        best_col = m
+        best_col = n_columns
         for t in range(t_indptr[r], t_indptr[r + 1]):
             c = t_cols[t]
-            s = neg_inf if c == anchor else raw[r, columns[c]]
+            s = neg_inf if c == anchor else raw[r, t_items[t]]
             if s > best or (s == best and c < best_col):
                 best = s
                 best_col = c
@@ -35,8 +35,12 @@ def _rank_rows(raw, columns, anchor_col, t_indptr, t_cols, k, top_out, rank_out,
         n = 0
         greater = 0
         equal_left = 0
-        for j in range(m):
-            s = neg_inf if j == anchor else raw[r, columns[j]]
+        # items in memory order (sequential reads); ties compare column numbers explicitly
+        for i in range(n_items):
+            j = col_of_item[i]
+            if j < 0:
+                continue
+            s = neg_inf if j == anchor else raw[r, i]
             if s != s:
                 nan_out[r] = True
                 continue
@@ -44,10 +48,9 @@ def _rank_rows(raw, columns, anchor_col, t_indptr, t_cols, k, top_out, rank_out,
                 greater += 1
             elif s == best and j < best_col:
                 equal_left += 1
-            if n < k or s > buf_s[k - 1]:
-                # j is the largest column so far: it goes after every equal score
+            if n < k or s > buf_s[k - 1] or (s == buf_s[k - 1] and j < buf_c[k - 1]):
                 pos = n if n < k else k - 1
-                while pos > 0 and buf_s[pos - 1] < s:
+                while pos > 0 and (buf_s[pos - 1] < s or (buf_s[pos - 1] == s and buf_c[pos - 1] > j)):
                     if pos < k:
                         buf_s[pos] = buf_s[pos - 1]
                         buf_c[pos] = buf_c[pos - 1]
@@ -70,13 +73,15 @@ def rank_rows(raw: np.ndarray, columns: np.ndarray, anchor_col: np.ndarray, t_in
     targets of row r: t_cols[t_indptr[r]:t_indptr[r + 1]], as columns.
     """
     raw = np.ascontiguousarray(raw, dtype=np.float32)
-    columns = np.ascontiguousarray(columns, dtype=np.int64)
+    columns = np.asarray(columns, dtype=np.int64)
+    col_of_item = np.full(raw.shape[1], -1, np.int64)
+    col_of_item[columns] = np.arange(len(columns))
+    t_cols = np.ascontiguousarray(t_cols, dtype=np.int64)
     k = min(int(k), len(columns))
     top = np.zeros((len(raw), k), np.int64)
     rank = np.zeros(len(raw), np.int64)
     nan = np.zeros(len(raw), np.bool_)
     if k > 0 and len(raw):
-        _rank_rows(raw, columns, np.ascontiguousarray(anchor_col, dtype=np.int64),
-                   np.ascontiguousarray(t_indptr, dtype=np.int64), np.ascontiguousarray(t_cols, dtype=np.int64),
-                   k, top, rank, nan)
+        _rank_rows(raw, col_of_item, len(columns), np.ascontiguousarray(anchor_col, dtype=np.int64),
+                   np.ascontiguousarray(t_indptr, dtype=np.int64), t_cols, columns[t_cols], k, top, rank, nan)
     return top, rank, bool(nan.any())

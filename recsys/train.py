@@ -56,6 +56,9 @@ class TrainConfig:
     negatives: int = 5
     noise_power: float = 0.75
     epochs: int = 6  # fresh walks each epoch; 1 epoch is clearly under-trained (0.076 vs 0.087)
+    # Large graphs train fewer epochs: at most this many (center, context) pairs in all (None = no
+    # cap). Ta-Feng trains 6 epochs in about 46M pairs; a 1M-item shop would take 2B+.
+    max_pairs: int | None = 1_000_000_000
     batch_size: int = 32768  # (center, context) pairs per step, about
     lr: float = 0.3  # row-wise Adagrad
     min_lr_fraction: float = 0.1  # linear decay to lr * this over the run
@@ -97,6 +100,8 @@ class TrainConfig:
                      "n_price_tiers"]:
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.max_pairs is not None and int(self.max_pairs) < 1:
+            raise ValueError(f"TrainConfig.max_pairs must be >= 1 or None, got {self.max_pairs}")
         if self.walk_length < 2:
             raise ValueError(f"TrainConfig.walk_length must be >= 2, got {self.walk_length}")
         if not self.lr > 0:
@@ -321,8 +326,9 @@ def train_embeddings(ds: Dataset, walks_or_graph, config: TrainConfig = TrainCon
     if config.dynamic_window:
         pairs_per_walk = max(1, pairs_per_walk * (config.window + 1) // (2 * config.window))
     batch_walks = max(1, config.batch_size // pairs_per_walk)
-    total_walks = max(1, _n_walks(walks_or_graph, config) * config.epochs)
-    batches = ((epoch, walks) for epoch in range(config.epochs)
+    epochs = planned_epochs(config, _n_walks(walks_or_graph, config) * pairs_per_walk)
+    total_walks = max(1, _n_walks(walks_or_graph, config) * epochs)
+    batches = ((epoch, walks) for epoch in range(epochs)
                for walks in _walk_source(walks_or_graph, config, epoch, batch_walks, alias_table))
     bar = None
     if progress:
@@ -340,7 +346,14 @@ def train_embeddings(ds: Dataset, walks_or_graph, config: TrainConfig = TrainCon
         bar.close()
     return _to_trained(model, features, counts, losses, config,
                        {"pairs": n_pairs, "seconds": seconds, "pairs_per_s": n_pairs / max(seconds, 1e-9),
-                        "device": str(device), "engine": engine, "threads": threads})
+                        "device": str(device), "engine": engine, "threads": threads, "epochs": epochs})
+
+
+def planned_epochs(config: TrainConfig, pairs_per_epoch: int) -> int:
+    """config.epochs, or fewer when they would exceed config.max_pairs (at least one)."""
+    if config.max_pairs is None or pairs_per_epoch <= 0:
+        return config.epochs
+    return max(1, min(config.epochs, int(config.max_pairs) // int(pairs_per_epoch)))
 
 
 def _learning_rate(config: TrainConfig, walks_done: int, total_walks: int) -> float:

@@ -350,3 +350,18 @@ def test_recommender_fits_and_scores(shop, mode):
     assert rec.validation["warm_scorer"]["kind"] in ("cosine", "dot", "inout_prior")
     assert rec.validation["cold_scorer"]["kind"] == "inout_prior"  # the default TrainConfig.cold_scorer
     assert set(rec.validation["recall@20"]) == {"warm", "cold"}
+
+
+def test_large_graphs_train_fewer_epochs_within_the_pair_budget(shop_data):
+    from recsys.train import planned_epochs
+
+    config = dataclasses.replace(FAST, epochs=6, max_pairs=1000)
+    assert planned_epochs(config, 300) == 3 and planned_epochs(config, 5000) == 1
+    assert planned_epochs(dataclasses.replace(config, max_pairs=None), 5000) == 6
+    ds, graph = shop_data
+    capped = train_embeddings(ds, graph, dataclasses.replace(FAST, epochs=4, max_pairs=1), progress=False)
+    full = train_embeddings(ds, graph, dataclasses.replace(FAST, epochs=4, max_pairs=None), progress=False)
+    assert capped.stats["epochs"] == 1 and full.stats["epochs"] == 4
+    assert 3 * capped.stats["pairs"] < full.stats["pairs"]
+    with pytest.raises(ValueError, match="max_pairs"):
+        dataclasses.replace(FAST, max_pairs=0).validate()
