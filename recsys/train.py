@@ -57,8 +57,9 @@ class TrainConfig:
     noise_power: float = 0.75
     epochs: int = 6  # fresh walks each epoch; 1 epoch is clearly under-trained (0.076 vs 0.087)
     # Large graphs train fewer epochs: at most this many (center, context) pairs in all (None = no
-    # cap). Ta-Feng trains 6 epochs in about 46M pairs; a 1M-item shop would take 2B+.
-    max_pairs: int | None = 1_000_000_000
+    # cap). Ta-Feng trains 6 epochs in about 46M pairs; a 1M-item shop would take 1.8B (15+ minutes
+    # a training on 2 cores, where tables of 1M rows train at about 2M pairs/s).
+    max_pairs: int | None = 500_000_000
     batch_size: int = 32768  # (center, context) pairs per step, about
     lr: float = 0.3  # row-wise Adagrad
     min_lr_fraction: float = 0.1  # linear decay to lr * this over the run
@@ -744,7 +745,7 @@ class EGESRecommender:
 
     def _choose_scorers(self, train: Dataset, candidates: list[Scorer]) -> TrainedModel:
         """Pick the warm and cold scorers on a validation tail; returns the model trained without it."""
-        from recsys.evaluate import EvalConfig, prepare, score_queries
+        from recsys.evaluate import EvalConfig, prepare, score_query_variants
 
         evc = EvalConfig(test_fraction=self.config.validation_fraction, session_gap_s=self.session_gap_s,
                          max_queries=self.config.validation_queries, seed=self.config.seed,
@@ -754,17 +755,25 @@ class EGESRecommender:
         log_pop = np.log1p(prep.popularity).astype(np.float32)
         codes = trained.item_feature_codes
         results: dict[str, dict[str, float]] = {"warm": {}, "cold": {}}
+        # one pass over the queries per query/candidate matrix pair: the popularity weights of
+        # inout_prior only add beta * log_pop to the same inner product
+        groups: dict[str, list[Scorer]] = {}
         for scorer in candidates:
-            items = scorer.item_matrix(trained, log_pop)
-            warm_fn = lambda a, s=scorer, m=items: s.query_matrix(trained.item_vectors[a]) @ m.T
-            cold_fn = lambda a, s=scorer, m=items: s.query_matrix(trained.cold_vectors_from_codes(codes[a])) @ m.T
-            key = f"{scorer.kind}:{scorer.beta:g}"
+            groups.setdefault("inout" if scorer.kind in ("inout", "inout_prior") else scorer.kind, []).append(scorer)
+        for group, scorers in groups.items():
+            first = Scorer("inout" if group == "inout" else scorers[0].kind)
+            items = first.item_matrix(trained, log_pop)
+            warm_fn = lambda a, s=first, m=items: s.query_matrix(trained.item_vectors[a]) @ m.T
+            cold_fn = lambda a, s=first, m=items: s.query_matrix(trained.cold_vectors_from_codes(codes[a])) @ m.T
+            variants = {f"{s.kind}:{s.beta:g}": (None if s.kind != "inout_prior" or s.beta == 0 else
+                                                  (lambda raw, b=s.beta: raw + b * log_pop)) for s in scorers}
             for segment, fn, queries, mask in (("warm", warm_fn, prep.warm_queries, True),
                                                ("cold", cold_fn, prep.cold_queries, False)):
                 if queries.n_queries:
-                    metrics = score_queries(fn, queries, prep.columns, train.n_items, (20,), mask_anchor=mask,
-                                            name=self.name)
-                    results[segment][key] = metrics.recall[20]
+                    metrics = score_query_variants(fn, variants, queries, prep.columns, train.n_items, (20,),
+                                                   mask_anchor=mask, name=self.name)
+                    for key, m in metrics.items():
+                        results[segment][key] = m.recall[20]
         by_key = {f"{s.kind}:{s.beta:g}": s for s in candidates}
         warm_keys = [k for k in results["warm"] if _allowed(by_key[k], self.config.scorer)]
         if warm_keys:
