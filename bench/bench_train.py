@@ -124,7 +124,7 @@ def main() -> None:
     ds = tafeng_dataset(args.tafeng)
     prep = prepare(ds, EvalConfig(max_queries=args.max_queries, include_link_prediction=False))
     train = prep.split.train
-    base = TrainConfig(window=args.window, dim=64, negatives=5, dynamic_window=True)
+    base = TrainConfig(window=args.window, dim=64, negatives=5, dynamic_window=True, max_pairs=None)
     walks = generate_walks(tafeng_graph(train), base.walk_length, base.walks_per_node, seed=0)
     sentences = [[str(i) for i in w[w >= 0]] for w in walks]
     pairs_per_epoch = count_pairs(walks, args.window, 1)

@@ -297,6 +297,7 @@ def diagnose(quick, seed, json_out, database_url):
 @click.option("--force", is_flag=True, help="Retrain even when the data and configuration are unchanged.")
 @click.option("--dim", type=int, help="Embedding dimension (default 64).")
 @click.option("--epochs", type=int, help="Passes over the walks (default from TrainConfig).")
+@click.option("--threads", type=int, help="CPU threads of the training loop (default: all cores).")
 @click.option("--max-queries", default=5000, show_default=True, help="Evaluation queries per segment.")
 @click.option("--all-rows", is_flag=True, help="Also evaluate BGE and GES (two more trainings).")
 @click.option("--min-warm-recall", default=0.0, show_default=True, help="Promotion gate: warm Recall@20 floor.")
@@ -308,7 +309,7 @@ def diagnose(quick, seed, json_out, database_url):
 @click.option("--seed", default=0, show_default=True)
 @database_option
 @user_errors
-def train(force, dim, epochs, max_queries, all_rows, min_warm_recall, min_cold_recall, max_drop, wait_for_lock,
+def train(force, dim, epochs, threads, max_queries, all_rows, min_warm_recall, min_cold_recall, max_drop, wait_for_lock,
           seed, database_url):
     """Run the train-and-publish flow once, now.
 
@@ -323,6 +324,8 @@ def train(force, dim, epochs, max_queries, all_rows, min_warm_recall, min_cold_r
         config["train"]["dim"] = dim
     if epochs:
         config["train"]["epochs"] = epochs
+    if threads:
+        config["train"]["num_threads"] = threads
     if all_rows:
         config["eval_rows"] = list(ALL_EVAL_ROWS)
     gates = {"min_warm_recall_at_20": min_warm_recall, "min_cold_recall_at_20": min_cold_recall,

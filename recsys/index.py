@@ -14,7 +14,7 @@ one more candidate column). The index keeps
   with the prior column exact (float16). IVF lists in front of 8-bit PQ
   from `ivf_min_items` on;
 * the query side of every indexed item ("similar to item X") coded too
-  (`query_factory`, "auto" = PQ8 at dim 64, PQ4 behind IVF), since float32 query vectors
+  (`query_factory`, "auto" = PQ16 at dim 64, PQ4 behind IVF), since float32 query vectors
   would cost more than the whole candidate index. Columns every query has
   the same value in (the prior's weight, 1) are kept as numbers; when both
   sides are the same vectors (cosine/dot scorers) nothing extra is stored;
@@ -49,9 +49,10 @@ MAX_PAD = 64  # zero columns tried when a factory does not accept the vectors' w
 AUTO_DIMS_PER_BYTE = 4  # "auto" candidate side behind IVF lists: PQ16 at 64 dimensions
 # "auto" candidate side of flat indexes: 4-bit fast-scan PQ, this many dimensions per 4-bit code
 AUTO_FAST_SCAN_DIMS = 1
-AUTO_QUERY_DIMS_PER_BYTE = 8  # "auto" query side: PQ8 at 64 dimensions
-# behind IVF lists (8-byte ids each) the query side gets PQ4 at 64 dimensions, to stay within 32 bytes an
-# item; on Ta-Feng a PQ4 query side lost no downstream Recall@20 (the candidate side decides)
+AUTO_QUERY_DIMS_PER_BYTE = 4  # "auto" query side of flat indexes: PQ16 at 64 dimensions
+# Behind IVF lists (8-byte ids each) the query side gets PQ4 at 64 dimensions, to stay within 32 bytes an
+# item. It costs warm recall (a 200k-item synthetic shop: -13.7% warm Recall@20 with PQ4, -10.5% with
+# PQ8, -5.8% with PQ16; docs/benchmarks.md): set query_factory="PQ16" when quality matters more.
 AUTO_QUERY_DIMS_PER_BYTE_IVF = 16
 
 
@@ -62,7 +63,7 @@ class IndexConfig:
     # FAISS index_factory string of the candidate side (inner-product metric); "auto": PQ, 4 dims a byte,
     # the prior column in a sub-quantizer of its own, IVF lists in front from ivf_min_items on
     factory: str = "auto"
-    query_factory: str | None = "auto"  # codec of the query side ("auto": PQ, 8 dims a byte); None = float16
+    query_factory: str | None = "auto"  # codec of the query side ("auto": PQ, 4 dims a byte); None = float16
     ivf_min_items: int = 1_000_000  # "auto" puts IVF lists in front from this many items on
     # "auto" uses small_factory below this many items: FAISS wants >= 39 training vectors per PQ centroid,
     # and under it the codebooks (256 centroids each) outweigh the codes anyway

@@ -138,7 +138,7 @@ def test_code_bytes_per_item_are_an_eighth_of_the_float32_vectors_or_less():
     queries = queries_for(items, seed=4)
     small = SimilarityIndex.build(items[:1500], queries[:1500], config)
     large = SimilarityIndex.build(items, queries, config)
-    assert large.meta["factory_used"] == "PQ65x4fs" and large.meta["query_factory_used"] == "PQ8"
+    assert large.meta["factory_used"] == "PQ65x4fs" and large.meta["query_factory_used"] == "PQ16"
     assert large.meta["prior_exact"] and large.stats["prior_bytes"] == 2 * 3000
     per_item = (large.stats["total_bytes"] - small.stats["total_bytes"]) / 1500
     assert per_item <= (64 + 65) * 4 / 8, per_item
