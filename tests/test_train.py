@@ -65,9 +65,8 @@ def test_window_masks_give_the_same_pairs_as_skipgram_pairs():
 
 
 # --------------------------------------------------------------------------- gradients
-@pytest.mark.parametrize("mode", ["bge", "ges", "eges"])
-def test_hand_written_gradients_match_autograd(shop_data, mode):
-    ds, _ = shop_data
+def random_model(ds, mode: str):
+    """(float64 EGES with random tables and attention, the item features): gradients are easy to compare."""
     torch.manual_seed(0)
     feats = item_features(ds)
     model = EGES(torch.from_numpy(feats.codes), feats.cardinalities, dim=8, mode=mode).double()
@@ -78,6 +77,13 @@ def test_hand_written_gradients_match_autograd(shop_data, mode):
             t[0].zero_()
         if mode == "eges":
             model.attention_logits.normal_()
+    return model, feats
+
+
+@pytest.mark.parametrize("mode", ["bge", "ges", "eges"])
+def test_hand_written_gradients_match_autograd(shop_data, mode):
+    ds, _ = shop_data
+    model, feats = random_model(ds, mode)
     walks = np.random.default_rng(0).integers(0, ds.n_items, size=(5, 6))
     walks[1, 3:] = -1
     masks_np = window_masks(walks, 2, np.random.default_rng(2))
@@ -121,16 +127,7 @@ def test_hand_written_gradients_match_autograd(shop_data, mode):
 def test_cpu_kernel_center_update_is_one_adagrad_step_on_the_centers_loss(shop_data, mode, drop):
     """With distinct rows, one center's update = one row-wise Adagrad step on its SGNS loss (autograd)."""
     ds, _ = shop_data
-    torch.manual_seed(0)
-    feats = item_features(ds)
-    model = EGES(torch.from_numpy(feats.codes), feats.cardinalities, dim=8, mode=mode).double()
-    with torch.no_grad():
-        for p in [*model.tables(), model.context_embedding.weight]:
-            p.normal_(0, 0.3)
-        for t in model.tables()[1:]:
-            t[0].zero_()
-        if mode == "eges":
-            model.attention_logits.normal_()
+    model, feats = random_model(ds, mode)
     v = int(np.flatnonzero((feats.codes > 0).all(1))[0])  # an item with every side feature
     contexts = np.array([v + 1, v + 2, v + 3], np.int64)
     noise = np.array([v + 4, v + 5], np.int64)
