@@ -25,8 +25,8 @@ from _common import TAFENG_PATH, machine, tafeng_dataset  # noqa: E402
 
 # name -> (AUTO_FAST_SCAN_DIMS or None for an explicit factory, IndexConfig overrides)
 LAYOUTS = {
-    "default": (1, {}),  # PQ65x4fs + PQ8 query side
-    "fs1_query_pq16": (1, {"query_factory": "PQ16"}),
+    "default": (1, {}),  # PQ65x4fs + PQ16 query side
+    "fs1_query_pq8": (1, {"query_factory": "PQ8"}),
     "fs1_query_float16": (1, {"query_factory": None}),
     "fs1_query_pq16x4fs": (1, {"query_factory": "PQ16x4fs"}),
     "fs2_query_pq8": (2, {}),  # PQ33x4fs

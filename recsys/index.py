@@ -60,8 +60,9 @@ AUTO_QUERY_DIMS_PER_BYTE_IVF = 16
 class IndexConfig:
     """How the index compresses and searches (every field is JSON-able)."""
 
-    # FAISS index_factory string of the candidate side (inner-product metric); "auto": PQ, 4 dims a byte,
-    # the prior column in a sub-quantizer of its own, IVF lists in front from ivf_min_items on
+    # FAISS index_factory string of the candidate side (inner-product metric); "auto": 4-bit fast-scan PQ,
+    # one dimension per code, the prior column in a code of its own; from ivf_min_items on IVF lists in
+    # front of 8-bit PQ (4 dims a byte)
     factory: str = "auto"
     query_factory: str | None = "auto"  # codec of the query side ("auto": PQ, 4 dims a byte); None = float16
     ivf_min_items: int = 1_000_000  # "auto" puts IVF lists in front from this many items on
@@ -419,8 +420,6 @@ class SimilarityIndex:
         """Decoded vectors of the pool; the whole table is decoded once when it fits decoded_cache_bytes."""
         if self._decoded is None and self.n_items * self.dim * 4 <= self.config.decoded_cache_bytes:
             self._decoded = self.candidate_vectors()  # one reference assignment: safe under threads
-        if self._decoded is not None:
-            return self._decoded[rows]
         return self.candidate_vectors(rows)
 
     # -- search ----------------------------------------------------------------------

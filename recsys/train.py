@@ -6,8 +6,8 @@ one objective:
 * "numba" (CPU, the default there): `recsys.sgns_cpu`, one fused kernel per
   batch of walks that goes center by center as word2vec's C loop does and
   writes row-wise Adagrad updates straight into the tables (Hogwild across
-  `num_threads` threads). Ta-Feng, 2 cores: about 3.3M pairs/s with one
-  thread and 6.5M with two, against gensim's 2.0M (docs/benchmarks.md);
+  `num_threads` threads). Ta-Feng, 2 cores: 4.0M pairs/s with one thread
+  and 6.0M with two, against gensim's 1.7M and 3.1M (docs/benchmarks.md);
 * "torch" (GPU, the default there): batched steps. The (center, context)
   pairs of a batch are numpy masks per window offset (`window_masks`;
   `skipgram_pairs` lists the same pairs explicitly); H is computed once per
@@ -327,9 +327,10 @@ def train_embeddings(ds: Dataset, walks_or_graph, config: TrainConfig = TrainCon
     if config.dynamic_window:
         pairs_per_walk = max(1, pairs_per_walk * (config.window + 1) // (2 * config.window))
     batch_walks = max(1, config.batch_size // pairs_per_walk)
-    epochs = planned_epochs(config, _n_walks(walks_or_graph, config) * pairs_per_walk)
-    total_walks = max(1, _n_walks(walks_or_graph, config) * epochs)
-    batches = ((epoch, walks) for epoch in range(epochs)
+    walks_per_epoch = _n_walks(walks_or_graph, config)
+    epochs = planned_epochs(config, walks_per_epoch * pairs_per_walk)
+    total_walks = max(1, walks_per_epoch * epochs)
+    batches = (walks for epoch in range(epochs)
                for walks in _walk_source(walks_or_graph, config, epoch, batch_walks, alias_table))
     bar = None
     if progress:
@@ -362,6 +363,26 @@ def _learning_rate(config: TrainConfig, walks_done: int, total_walks: int) -> fl
     return config.lr * max(config.min_lr_fraction, 1.0 - walks_done / total_walks)
 
 
+def _run_batches(batches, config: TrainConfig, total_walks: int, bar, step) -> tuple[list[float], int]:
+    """The loop both engines share: learning-rate decay, loss per pair, progress.
+
+    step(walks, lr, walks done before this batch) -> (summed loss, pairs).
+    """
+    losses: list[float] = []
+    n_pairs, walks_done = 0, 0
+    for walks in batches:
+        loss, pairs = step(walks, _learning_rate(config, walks_done, total_walks), walks_done)
+        walks_done += len(walks)
+        if pairs:
+            n_pairs += pairs
+            losses.append(loss / pairs)
+        if bar is not None:
+            bar.update(len(walks))
+            if losses:
+                bar.set_postfix(loss=f"{losses[-1]:.4f}", refresh=False)
+    return losses, n_pairs
+
+
 def _epochs_torch(model: EGES, batches, counts: np.ndarray, config: TrainConfig, drop_share: float,
                   total_walks: int, bar, device) -> tuple[list[float], int, int]:
     """The batched PyTorch step (GPUs; `engine="torch"` on CPU)."""
@@ -374,20 +395,12 @@ def _epochs_torch(model: EGES, batches, counts: np.ndarray, config: TrainConfig,
     attention_opt = RowAdagrad(model.n_items, device)
     has_side = ((model.feature_codes > 0).any(dim=1) if model.n_features
                 else torch.zeros(model.n_items, dtype=torch.bool, device=device))
-    losses: list[float] = []
-    n_pairs, walks_done = 0, 0
-    for _, walks in batches:
-        lr = _learning_rate(config, walks_done, total_walks)
-        loss, pairs = _train_step(model, walks, config, pair_rng, gen, noise, optimisers, context_opt,
-                                  attention_opt, has_side, drop_share, lr, device)
-        walks_done += len(walks)
-        if pairs:
-            n_pairs += pairs
-            losses.append(loss / pairs)
-        if bar is not None:
-            bar.update(len(walks))
-            if losses:
-                bar.set_postfix(loss=f"{losses[-1]:.4f}", refresh=False)
+
+    def step(walks, lr, _walks_done):
+        return _train_step(model, walks, config, pair_rng, gen, noise, optimisers, context_opt, attention_opt,
+                           has_side, drop_share, lr, device)
+
+    losses, n_pairs = _run_batches(batches, config, total_walks, bar, step)
     return losses, n_pairs, torch.get_num_threads()
 
 
@@ -420,11 +433,9 @@ def _epochs_numba(model: EGES, batches, counts: np.ndarray, config: TrainConfig,
     table = sgns_cpu.noise_table(counts, config.noise_power)
     has_side = (comp_rows[:, 1:] >= 0).any(axis=1) if model.n_features else np.zeros(model.n_items, bool)
     learn_attention = model.mode == "eges"
-    losses: list[float] = []
-    n_pairs, walks_done = 0, 0
-    for _, walks in batches:
+
+    def step(walks, lr, walks_done):
         walks = np.ascontiguousarray(walks, dtype=np.int64)
-        lr = _learning_rate(config, walks_done, total_walks)
         loss_out = np.zeros(len(walks), np.float64)
         pairs_out = np.zeros(len(walks), np.int64)
         with sgns_cpu.KERNEL_LOCK:
@@ -433,15 +444,9 @@ def _epochs_numba(model: EGES, batches, counts: np.ndarray, config: TrainConfig,
                                  logits, logit_state, table, has_side, config.window, config.dynamic_window,
                                  config.negatives, drop_share, learn_attention, lr, lr * config.attention_lr_scale,
                                  1e-10, loss_out, pairs_out)
-        walks_done += len(walks)
-        pairs = int(pairs_out.sum())
-        if pairs:
-            n_pairs += pairs
-            losses.append(float(loss_out.sum()) / pairs)
-        if bar is not None:
-            bar.update(len(walks))
-            if losses:
-                bar.set_postfix(loss=f"{losses[-1]:.4f}", refresh=False)
+        return float(loss_out.sum()), int(pairs_out.sum())
+
+    losses, n_pairs = _run_batches(batches, config, total_walks, bar, step)
     with torch.no_grad():  # back into the module, which _to_trained reads
         for table_t, start in zip(tables, offsets):
             table_t.copy_(torch.from_numpy(emb[start:start + table_t.shape[0]]))
