@@ -64,7 +64,7 @@ def _json_default(obj):
 
 def tafeng_dataset(path: Path | str = TAFENG_PATH):
     """Full Ta-Feng as a `Dataset` (the `recsys load --dataset tafeng` heuristics)."""
-    from recsys.loaders.tafeng import read_frames
+    from recsys.ingest.loaders.tafeng import read_frames
 
     if not Path(path).exists():
         raise SystemExit(f"Ta-Feng not found at {path}: pass --tafeng PATH")
@@ -73,8 +73,8 @@ def tafeng_dataset(path: Path | str = TAFENG_PATH):
 
 def tafeng_graph(ds, session_gap_s: int = 3600):
     """The item graph the training flow builds (default GraphConfig)."""
-    from recsys.graph import build_item_graph
-    from recsys.sessions import make_baskets
+    from recsys.data.graph import build_item_graph
+    from recsys.data.sessions import make_baskets
 
     return build_item_graph(ds, make_baskets(ds, session_gap_s))
 

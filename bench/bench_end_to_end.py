@@ -43,17 +43,17 @@ LOAD_CHILD = r"""
 import json, sys, time
 from pathlib import Path
 from recsys.config import get_settings
-from recsys.db import get_engine
-from recsys.load import load_frames
+from recsys.ingest.db import get_engine
+from recsys.ingest.load import load_frames
 size, path, shop = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
 engine = get_engine(get_settings())
 t = time.perf_counter()
 if size == "tafeng":
-    from recsys.loaders.tafeng import read_frames
+    from recsys.ingest.loaders.tafeng import read_frames
     frames = read_frames(path)
 else:
-    from recsys.loaders.generic import read_frames
-    from recsys.synthetic import ShopConfig, generate_shop
+    from recsys.ingest.loaders.generic import read_frames
+    from recsys.data.synthetic import ShopConfig, generate_shop
     generated = generate_shop(ShopConfig(**shop))
     generate_s = time.perf_counter() - t
     items_path, purchases_path = generated.write_csv(Path(path))
@@ -169,7 +169,7 @@ def main() -> None:
         env.pop(name, None)
     record = {"bench": "end_to_end", "size": args.size, "runs": 1, "load_avg_before": load_average()}
     try:
-        url = subprocess.run([sys.executable, "-c", "from recsys.db import database_url; print(database_url())"],
+        url = subprocess.run([sys.executable, "-c", "from recsys.ingest.db import database_url; print(database_url())"],
                              env=env, cwd=REPO, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
         log(f"{args.size}: loading")
         source = str(args.tafeng) if args.size == "tafeng" else str(home / "shop")
@@ -193,7 +193,7 @@ def main() -> None:
         if args.profile:
             record["profile"] = str(args.profile)
     finally:
-        subprocess.run([sys.executable, "-m", "recsys.cli", "db", "stop"], env=env, cwd=REPO, capture_output=True)
+        subprocess.run([sys.executable, "-m", "recsys.app.cli", "db", "stop"], env=env, cwd=REPO, capture_output=True)
         shutil.rmtree(home, ignore_errors=True)
     record["load_avg_after"] = load_average()
     emit({**record, **machine()})

@@ -50,7 +50,7 @@ def mixture(n: int, dim: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
 def run(args) -> dict:
     import faiss
 
-    from recsys.index import IndexConfig, SimilarityIndex, measure_recall
+    from recsys.serving.index import IndexConfig, SimilarityIndex, measure_recall
 
     if args.threads:
         faiss.omp_set_num_threads(args.threads)
@@ -118,8 +118,9 @@ def client_latency(index, args) -> dict:
     import shutil
     import tempfile
 
-    from recsys import bundle as B
-    from recsys.client import Client
+    from recsys.serving import bundle as B
+    from recsys.serving.client import Client
+    from recsys.vectors import price_tier_codes
 
     n, dim = index.n_items, index.dim - 1  # the last column is the prior (inout_prior scorer)
     rng = np.random.default_rng(args.seed + 2)
@@ -134,7 +135,7 @@ def client_latency(index, args) -> dict:
     category = rng.integers(1, len(categories), n).astype(np.int32)
     brand = rng.integers(0, len(brands), n).astype(np.int32)
     price = rng.uniform(1, 100, n).astype(np.float32)
-    codes = np.stack([category, brand, B.price_tier_codes(price, edges)], axis=1).astype(np.int32)
+    codes = np.stack([category, brand, price_tier_codes(price, edges)], axis=1).astype(np.int32)
     items = B.ItemTable(item_ids=np.array([f"item-{i}" for i in range(n)], dtype=np.str_), category=category,
                         category_values=categories, brand=brand, brand_values=brands, price=price,
                         in_stock=rng.random(n) < 0.9, feature_codes=codes,

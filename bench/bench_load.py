@@ -29,14 +29,14 @@ ROWS = {"tafeng": 817_741, "online-retail": 541_909}
 CHILD = """
 import json, resource, sys, time
 from recsys.config import get_settings
-from recsys.db import get_engine
-from recsys.load import load_frames
-from recsys.migrate import migrate
+from recsys.ingest.db import get_engine
+from recsys.ingest.load import load_frames
+from recsys.ingest.migrate import migrate
 dataset, path = sys.argv[1], sys.argv[2]
 if dataset == "tafeng":
-    from recsys.loaders.tafeng import read_frames
+    from recsys.ingest.loaders.tafeng import read_frames
 else:
-    from recsys.loaders.online_retail import read_frames
+    from recsys.ingest.loaders.online_retail import read_frames
 engine = get_engine(get_settings())
 migrate(engine)
 times = []
@@ -55,11 +55,11 @@ def run_once(dataset: str, path: Path) -> dict:
         env = {**os.environ, "RECSYS_HOME": home}
         env.pop("RECSYS_DATABASE_URL", None)
         # start the embedded server first so its start-up is not timed
-        subprocess.run([sys.executable, "-c", "from recsys.db import database_url; database_url()"],
+        subprocess.run([sys.executable, "-c", "from recsys.ingest.db import database_url; database_url()"],
                        env=env, check=True)
         out = subprocess.run([sys.executable, "-c", CHILD, dataset, str(path)], env=env, check=True,
                              capture_output=True, text=True).stdout
-        subprocess.run([sys.executable, "-m", "recsys.cli", "db", "stop"], env=env, check=False,
+        subprocess.run([sys.executable, "-m", "recsys.app.cli", "db", "stop"], env=env, check=False,
                        capture_output=True)
         return json.loads(out.strip().splitlines()[-1])
 

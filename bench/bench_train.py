@@ -1,7 +1,7 @@
 """Training benchmark: EGES (with side features) against gensim Word2Vec skip-gram on the same walks.
 
 Walks: weighted walks (walk length 10, 10 per node, seed 0) on the item graph
-of Ta-Feng's training period (the chronological split of `recsys.evaluate`,
+of Ta-Feng's training period (the chronological split of `recsys.evaluation.protocol`,
 test fraction 0.15), generated once; both tools train on this very array
 (EGES reshuffles it each epoch; gensim gets it as sentences of item-id
 tokens, with the -1 padding after dead ends dropped).
@@ -10,7 +10,7 @@ Settings: dim 64, window 5, 5 negatives, same epochs; EGES with its
 dynamic window (each center draws its window from 1..5) and gensim with
 `shrink_windows=True` (the same uniform 1..5 draw), sample=0, min_count=1,
 sg=1, hs=0. Pairs: the exact (center, context) pairs our window generates
-over the walks, counted with `recsys.train.window_masks` and one window draw
+over the walks, counted with `recsys.embed.train.window_masks` and one window draw
 per epoch; the same count serves both tools (gensim's reduced windows follow
 the same distribution), and EGES's own `stats["pairs"]` is reported beside it.
 Throughput = pairs / seconds of the training loop (EGES: `stats["seconds"]`;
@@ -47,7 +47,7 @@ BETAS = (0.0, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0)
 
 def count_pairs(walks: np.ndarray, window: int, epochs: int, seed: int = 0, dynamic: bool = True) -> int:
     """Pairs the window generates over `epochs` passes, one window draw per position and epoch."""
-    from recsys.train import window_masks
+    from recsys.embed.train import window_masks
 
     rng = np.random.default_rng(seed)
     total = 0
@@ -59,7 +59,7 @@ def count_pairs(walks: np.ndarray, window: int, epochs: int, seed: int = 0, dyna
 
 
 def train_eges(ds, walks: np.ndarray, config):
-    from recsys.train import train_embeddings
+    from recsys.embed.train import train_embeddings
 
     t = time.perf_counter()
     trained = train_embeddings(ds, walks, config, progress=False)
@@ -86,13 +86,13 @@ def train_gensim(sentences: list[list[str]], n_items: int, dim: int, window: int
 
 def warm_recall(vectors, prep, n_items: int) -> dict:
     """Warm Recall@20 of one set of vectors under each scorer (best beta for inout_prior)."""
-    from recsys.evaluate import score_queries
-    from recsys.train import Scorer
+    from recsys.evaluation.metrics import score_queries
+    from recsys.vectors import Scorer
 
     log_pop = np.log1p(prep.popularity).astype(np.float32)
     out = {}
     for scorer in [Scorer("cosine")] + [Scorer("inout_prior", b) for b in BETAS]:
-        items = scorer.item_matrix(vectors, log_pop)
+        items = scorer.item_matrix(vectors.item_vectors, vectors.context_vectors, log_pop)
         fn = lambda a, s=scorer, m=items: s.query_matrix(vectors.item_vectors[a]) @ m.T  # noqa: E731
         recall = score_queries(fn, prep.warm_queries, prep.columns, n_items, (20,), mask_anchor=True).recall[20]
         out["cosine" if scorer.kind == "cosine" else f"inout_prior:{scorer.beta:g}"] = round(float(recall), 4)
@@ -117,9 +117,9 @@ def main() -> None:
 
     import torch
 
-    from recsys.evaluate import EvalConfig, prepare
-    from recsys.train import TrainConfig
-    from recsys.walks import generate_walks
+    from recsys.evaluation.protocol import EvalConfig, prepare
+    from recsys.embed.train import TrainConfig
+    from recsys.data.walks import generate_walks
 
     ds = tafeng_dataset(args.tafeng)
     prep = prepare(ds, EvalConfig(max_queries=args.max_queries, include_link_prediction=False))

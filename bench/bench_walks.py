@@ -76,7 +76,7 @@ print(json.dumps({"preprocess_s": preprocess_s, "walk_s": [r[0] for r in runs], 
 
 def powerlaw_graph(n_nodes: int, n_edges: int, exponent: float = 2.5, seed: int = 0):
     """Chung-Lu graph with exactly `n_edges` distinct undirected edges and weights 1 + Geometric(0.5)."""
-    from recsys.graph import ItemGraph
+    from recsys.data.graph import ItemGraph
 
     rng = np.random.default_rng(seed)
     # Expected degree of node i proportional to (i + 10)^(-1/(exponent - 1)): P(degree > d) ~ d^(1 - exponent);
@@ -97,7 +97,7 @@ def powerlaw_graph(n_nodes: int, n_edges: int, exponent: float = 2.5, seed: int 
 
 
 def ours(graph, walk_length: int, walks_per_node: int, repeat: int) -> dict:
-    import recsys.walks as walks
+    import recsys.data.walks as walks
 
     def run(seed: int, alias_table=None) -> tuple[float, int]:
         t, steps = time.perf_counter(), 0

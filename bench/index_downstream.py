@@ -5,7 +5,7 @@ the model is the same in every run; scorers inout_prior with the betas the
 validation split chose in the full evaluation, 0.4 warm / 0.75 cold), then
 for each layout a `CompressedRecommender` scores the protocol's 20,000 warm
 and 1,872 cold test queries from the codes. Prints one JSON line per layout
-and a summary line; how the default of `recsys.index` was chosen
+and a summary line; how the default of `recsys.serving.index` was chosen
 (docs/evaluation.md).
 
     python bench/index_downstream.py [--layouts default,query_pq16,...]
@@ -41,10 +41,14 @@ def main() -> None:
     parser.add_argument("--layouts", default=",".join(LAYOUTS))
     args = parser.parse_args()
 
-    import recsys.index as ix
-    from recsys.evaluate import EvalConfig, prepare, score_queries
-    from recsys.index import CompressedRecommender, IndexConfig
-    from recsys.train import EGESRecommender, Scorer, TrainConfig
+    import recsys.serving.index as ix
+    from recsys.embed.train import TrainConfig
+    from recsys.evaluation.metrics import score_queries
+    from recsys.evaluation.protocol import EvalConfig, prepare
+    from recsys.recommenders.compressed import CompressedRecommender
+    from recsys.recommenders.eges import EGESRecommender
+    from recsys.serving.index import IndexConfig
+    from recsys.vectors import Scorer
 
     ds = tafeng_dataset(args.tafeng)
     prep = prepare(ds, EvalConfig(include_link_prediction=False))

@@ -6,19 +6,17 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
 from recsys.config import get_settings
+from recsys.ingest.extract import extract_configured
+from recsys.jobs.diagnose import DiagnoseConfig, diagnose
 
 
 @task(cache_policy=NO_CACHE, retries=3, retry_delay_seconds=[5, 20, 60])
 def extract(database_url: str | None):
-    from recsys.extract import extract_configured
-
     return extract_configured(get_settings(database_url=database_url))
 
 
 @task(cache_policy=NO_CACHE)
 def run_diagnosis(ds, compare_methods: bool, seed: int):
-    from recsys.diagnose import DiagnoseConfig, diagnose
-
     return diagnose(ds, DiagnoseConfig(compare_methods=compare_methods, seed=seed))
 
 

@@ -4,7 +4,7 @@
     recsys train                              # one run now
     recsys schedule                           # nightly/hourly/weekly deployments
 
-Thin orchestration over recsys.pipeline; all the work is in the library.
+Thin orchestration over recsys.jobs.pipeline; all the work is in the library.
 """
 from __future__ import annotations
 
@@ -16,14 +16,18 @@ from prefect.cache_policies import NO_CACHE
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.tasks import exponential_backoff
 
-from recsys import pipeline
 from recsys.config import get_settings
+from recsys.ingest.db import get_engine, is_transient
+from recsys.ingest.extract import extract_configured
+from recsys.jobs import pipeline
+from recsys.jobs.report import run_report_markdown, table_rows
+from recsys.serving.registry import GateFailedError, Gates, alias_history, get_version, publish
+from recsys.serving.registry import promote as promote_version
+from recsys.serving.runlock import publish_lock
 
 
 def _retry_on_database_errors(task, task_run, state) -> bool:
     """Retry extraction only when the database was unreachable, not on bad data."""
-    from recsys.db import is_transient
-
     try:
         state.result()
     except Exception as exc:  # the failed state's exception
@@ -34,8 +38,6 @@ def _retry_on_database_errors(task, task_run, state) -> bool:
 @task(cache_policy=NO_CACHE, retries=3, retry_delay_seconds=exponential_backoff(backoff_factor=2), retry_jitter_factor=0.2,
       retry_condition_fn=_retry_on_database_errors)
 def extract(database_url: str | None):
-    from recsys.extract import extract_configured
-
     ds = extract_configured(get_settings(database_url=database_url))
     get_run_logger().info("extracted %s items, %s users, %s purchase lines (watermark %s)",
                           ds.n_items, ds.n_users, ds.n_purchases, ds.watermark.as_dict())
@@ -61,9 +63,6 @@ def train(ds, config: pipeline.PipelineConfig, chosen_from):
 @task(cache_policy=NO_CACHE)
 def compress_and_publish(rec, ds, config: pipeline.PipelineConfig, metrics: dict, database_url: str | None,
                          notes: dict):
-    from recsys.db import get_engine
-    from recsys.registry import publish
-
     settings = get_settings(database_url=database_url)
     parts = pipeline.build_parts(rec, ds, config, metrics, notes)
     version = publish(get_engine(settings), settings.resolved_artifact_root, parts, alias="candidate",
@@ -74,10 +73,6 @@ def compress_and_publish(rec, ds, config: pipeline.PipelineConfig, metrics: dict
 
 @task(cache_policy=NO_CACHE)
 def promote(version: str, database_url: str | None, gates: dict):
-    from recsys.db import get_engine
-    from recsys.registry import Gates, GateFailedError
-    from recsys.registry import promote as promote_version
-
     engine = get_engine(get_settings(database_url=database_url))
     try:
         promote_version(engine, version, Gates(**gates))
@@ -91,10 +86,6 @@ def promote(version: str, database_url: str | None, gates: dict):
 def publish_artifacts(version: str, metrics: dict, ds, stages: dict, promoted: bool | None,
                       database_url: str | None) -> str:
     """The run's markdown report and metrics table as Prefect artifacts."""
-    from recsys.db import get_engine
-    from recsys.registry import alias_history, get_version
-    from recsys.report import run_report_markdown, table_rows
-
     engine = get_engine(get_settings(database_url=database_url))
     info = get_version(engine, version)
     previous = None
@@ -120,13 +111,11 @@ def train_and_publish(database_url: str | None = None, config: dict | None = Non
                       force: bool = False, wait_for_lock_s: float = 0.0) -> dict:
     """Train EGES on the shop's data, evaluate it beside the baselines, publish and promote a version.
 
-    config: PipelineConfig fields (e.g. {"train": {"dim": 32}, "max_queries": 2000});
-    gates: recsys.registry.Gates fields; force: retrain even when data and config are unchanged.
+    config: PipelineConfig settings (e.g. {"train": {"dim": 32}, "evaluation": {"max_queries": 2000}});
+    gates: recsys.serving.registry.Gates fields; force: retrain even when data and config are unchanged.
     """
-    from recsys.runlock import publish_lock
-
     logger = get_run_logger()
-    cfg = pipeline.PipelineConfig(**(config or {}))
+    cfg = pipeline.PipelineConfig.from_dict(config)
     stages: dict[str, float] = {}
     started = time.perf_counter()
     with publish_lock(get_settings(database_url=database_url), wait_s=wait_for_lock_s):

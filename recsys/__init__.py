@@ -13,7 +13,7 @@ __all__ = ["Client", "Neighbor", "UnknownItemError", "__version__"]
 def __getattr__(name: str):
     # Lazy: `import recsys` stays cheap (no FAISS/torch) until the client is used.
     if name in ("Client", "Neighbor", "UnknownItemError"):
-        from recsys import client
+        from recsys.serving import client
 
         return getattr(client, name)
     raise AttributeError(f"module 'recsys' has no attribute {name!r}")

@@ -1,4 +1,4 @@
--- Catalogue and purchase history: the data contract of PRODUCT.md.
+-- Catalogue and purchase history: the data contract of the README ("Load your data").
 
 CREATE TABLE IF NOT EXISTS items (
     item_id     text PRIMARY KEY,

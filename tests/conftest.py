@@ -30,7 +30,7 @@ def session_home() -> Path:
 def pg_url(session_home) -> str:
     """URL of the embedded Postgres the tests share (started once)."""
     from recsys.config import get_settings
-    from recsys.db import embedded_url
+    from recsys.ingest.db import embedded_url
 
     return embedded_url(get_settings(home=session_home))
 
@@ -40,8 +40,8 @@ def engine(pg_url):
     """An engine on a freshly emptied, migrated database."""
     import sqlalchemy as sa
 
-    from recsys.db import get_engine
-    from recsys.migrate import migrate
+    from recsys.ingest.db import get_engine
+    from recsys.ingest.migrate import migrate
 
     eng = get_engine(url=pg_url)
     with eng.begin() as conn:
@@ -57,7 +57,7 @@ def cli(pg_url, monkeypatch):
     """Run the CLI in-process against the test database; returns (exit_code, output)."""
     from click.testing import CliRunner
 
-    from recsys.cli import main
+    from recsys.app.cli import main
 
     monkeypatch.setenv("RECSYS_DATABASE_URL", pg_url)
     runner = CliRunner()

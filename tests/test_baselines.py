@@ -3,10 +3,10 @@ import pytest
 import scipy.sparse as sp
 
 from toy_data import make_dataset
-from recsys.baselines import (BoughtTogetherRecommender, CategoryPopularityRecommender, ItemCFRecommender,
+from recsys.recommenders.baselines import (BoughtTogetherRecommender, CategoryPopularityRecommender, ItemCFRecommender,
                               MatrixFactorizationRecommender, PopularityRecommender, basket_item_matrix,
                               cooccurrence_counts, implicit_als)
-from recsys.evaluate import EvalConfig, evaluate
+from recsys.evaluation.protocol import EvalConfig, evaluate
 
 
 CATEGORIES = {"milk": "dairy", "cheese": "dairy", "yogurt": "dairy", "bread": "bakery", "bun": "bakery",
@@ -121,7 +121,7 @@ def test_matrix_factorisation_rejects_bad_options():
 
 
 def test_baselines_on_a_synthetic_shop_beat_chance():
-    from recsys.synthetic import ShopConfig, generate_shop
+    from recsys.data.synthetic import ShopConfig, generate_shop
 
     ds = generate_shop(ShopConfig(seed=0, n_items=400, n_users=300, n_baskets=3000)).to_dataset()
     recs = [make() for make in ALL]
@@ -138,7 +138,7 @@ def test_als_half_step_matches_the_dense_normal_equations():
     """Enough CG steps solve (Y'Y + reg I + Y' diag(c_u - 1) Y) x_u = Y' c_u p_u for every row."""
     import scipy.sparse as sp
 
-    from recsys.baselines import _cg_half_step
+    from recsys.recommenders.baselines import _cg_half_step
 
     rng = np.random.default_rng(0)
     r = sp.random(30, 12, density=0.3, random_state=1, format="csr", dtype=np.float32)

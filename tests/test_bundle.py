@@ -12,68 +12,18 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from recsys import bundle as B
+from recsys.serving import bundle as B
+from recsys.serving import patch as P
+from recsys.serving import store as S
+from recsys.serving.index import IndexConfig, SimilarityIndex
+from recsys.vectors import Scorer, price_tier_codes
 
-try:  # the real compressed index (helper "index"); an exact stand-in until it exists
-    from recsys.index import IndexConfig, SimilarityIndex
+INDEX_CLASS = SimilarityIndex
 
-    INDEX_CLASS = SimilarityIndex
 
-    def index_config(n_items: int):
-        # tiny catalogues: an 8-bit scalar codec trains in milliseconds (PQ's k-means would take seconds)
-        return IndexConfig(factory="SQ8", query_factory="SQ8", recall_queries=0)
-except ImportError:  # pragma: no cover - only before recsys/index.py exists
-    IndexConfig = None
-
-    class ExactIndex:
-        """Exact inner-product search with the SimilarityIndex interface (test stand-in)."""
-
-        def __init__(self, items: np.ndarray, queries: np.ndarray):
-            self.items = np.ascontiguousarray(items, np.float32)
-            self.queries = np.ascontiguousarray(queries, np.float32)
-
-        @classmethod
-        def build(cls, item_matrix, query_matrix, config=None):
-            return cls(item_matrix, query_matrix)
-
-        @property
-        def n_items(self) -> int:
-            return len(self.items)
-
-        @property
-        def bytes_per_item(self) -> int:
-            return self.items.shape[1] * 4
-
-        @property
-        def stats(self) -> dict:
-            return {"kind": "exact stand-in", "n_items": self.n_items}
-
-        def query_vectors(self, rows):
-            return self.queries[np.asarray(rows, np.int64)]
-
-        def search(self, queries, k, allowed=None, exclude=None):
-            scores = np.asarray(queries, np.float32) @ self.items.T
-            if allowed is not None:
-                scores[:, ~np.asarray(allowed, bool)] = -np.inf
-            k = min(k, self.n_items)
-            order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
-            top = np.take_along_axis(scores, order, axis=1)
-            ids = np.where(np.isfinite(top), order, -1)
-            return top, ids
-
-        def save(self, folder):
-            np.save(Path(folder) / "items.npy", self.items, allow_pickle=False)
-            np.save(Path(folder) / "queries.npy", self.queries, allow_pickle=False)
-
-        @classmethod
-        def load(cls, folder):
-            return cls(np.load(Path(folder) / "items.npy", allow_pickle=False),
-                       np.load(Path(folder) / "queries.npy", allow_pickle=False))
-
-    INDEX_CLASS = ExactIndex
-
-    def index_config(n_items: int):
-        return None
+def index_config(n_items: int):
+    # tiny catalogues: an 8-bit scalar codec trains in milliseconds (PQ's k-means would take seconds)
+    return IndexConfig(factory="SQ8", query_factory="SQ8", recall_queries=0)
 
 
 CATEGORIES = ["<missing>", "fruit", "dairy", "bread", "snacks"]
@@ -94,7 +44,7 @@ def make_parts(n_items: int = 120, dim: int = 8, seed: int = 0, n_cold: int = 10
     price = rng.uniform(1, 100, n_items).astype(np.float32)
     price[::17] = np.nan
     edges = np.array([30.0, 60.0])
-    codes = np.stack([category, brand, B.price_tier_codes(price, edges)], axis=1).astype(np.int32)
+    codes = np.stack([category, brand, price_tier_codes(price, edges)], axis=1).astype(np.int32)
     index_row = np.full(n_items, -1, np.int32)
     index_row[n_cold:] = np.arange(n_items - n_cold)
     model = B.ModelTables(feature_names=names, feature_values=values, side_tables=tables, price_tier_edges=edges,
@@ -103,13 +53,13 @@ def make_parts(n_items: int = 120, dim: int = 8, seed: int = 0, n_cold: int = 10
     vectors = B.cold_start_vectors(model, codes) + 0.3 * rng.normal(size=(n_items, dim)).astype(np.float32)
     rows = np.arange(n_cold, n_items)
     warm = {"kind": scorer, "beta": 0.0}
-    indexes = {"warm": INDEX_CLASS.build(B.query_transform(warm, vectors[rows]) if scorer == "cosine"
-                                         else vectors[rows], B.query_transform(warm, vectors[rows]),
+    indexes = {"warm": INDEX_CLASS.build(Scorer.from_dict(warm).query_matrix(vectors[rows]) if scorer == "cosine"
+                                         else vectors[rows], Scorer.from_dict(warm).query_matrix(vectors[rows]),
                                          index_config(len(rows)))}
     scorers = {"warm": warm}
     if cold_scorer:
         cold = {"kind": cold_scorer, "beta": 0.0}
-        indexes["cold"] = INDEX_CLASS.build(vectors[rows], B.query_transform(cold, vectors[rows]),
+        indexes["cold"] = INDEX_CLASS.build(vectors[rows], Scorer.from_dict(cold).query_matrix(vectors[rows]),
                                             index_config(len(rows)))
         scorers["cold"] = cold
     items = B.ItemTable(
@@ -125,15 +75,16 @@ def make_parts(n_items: int = 120, dim: int = 8, seed: int = 0, n_cold: int = 10
 
 def trained_parts(metrics: dict | None = None):
     """Parts of a real (tiny) EGES fit on a synthetic shop; returns (parts, shop, recommender)."""
-    from recsys.synthetic import ShopConfig, generate_shop
-    from recsys.train import EGESRecommender, TrainConfig
+    from recsys.data.synthetic import ShopConfig, generate_shop
+    from recsys.embed.train import TrainConfig
+    from recsys.recommenders.eges import EGESRecommender, ScorerConfig
 
     shop = generate_shop(ShopConfig(n_items=300, n_users=200, n_baskets=1500))
     ds = shop.to_dataset()
-    rec = EGESRecommender(TrainConfig(dim=16, walks_per_node=4, scorer="cosine", num_threads=1))
+    rec = EGESRecommender(TrainConfig(dim=16, walks_per_node=4, num_threads=1), ScorerConfig(warm="cosine"))
     rec.fit(ds)
-    parts = B.parts_from_recommender(rec, ds, index_config=index_config(ds.n_items), metrics=metrics or {},
-                                     index_class=INDEX_CLASS)
+    parts = B.parts_from_model(rec.trained, ds, rec.warm_scorer, rec.cold_scorer, log_popularity=rec.log_popularity,
+                               index_config=index_config(ds.n_items), metrics=metrics or {}, index_class=INDEX_CLASS)
     return parts, shop, rec
 
 
@@ -145,7 +96,7 @@ def _files(folder: Path) -> list[Path]:
 def test_round_trip_keeps_every_array_and_search_results(tmp_path):
     parts = make_parts(cold_scorer="dot")
     path = B.write_bundle(tmp_path, None, parts)
-    assert path.parent == tmp_path and B.parse_version(path.name)[1] == 0
+    assert path.parent == tmp_path and S.parse_version(path.name)[1] == 0
     bundle = B.open_bundle(path, index_class=INDEX_CLASS)
     got, want = bundle.parts, parts
     for name in ("item_ids", "category", "brand", "price", "in_stock", "feature_codes", "attention_logits",
@@ -179,25 +130,11 @@ def test_bundle_files_load_without_pickle(tmp_path):
             json.loads(file.read_text())
 
 
-def test_parts_from_a_trained_model_match_its_cold_start_and_scorer(tmp_path):
-    from recsys.train import Scorer
-
+def test_parts_from_a_trained_model_index_its_walked_items(tmp_path):
+    # the cold start, scorer, attention and price-tier maths of training and serving are one code
+    # (recsys/vectors.py): there is no second copy to compare, only the index to check
     parts, shop, rec = trained_parts()
     trained = rec.trained
-    codes = trained.item_feature_codes[:7]
-    np.testing.assert_allclose(B.cold_start_vectors(parts.model, codes), trained.cold_vectors_from_codes(codes),
-                               rtol=1e-5, atol=1e-6)
-    vectors = trained.item_vectors[:5]
-    for kind in ("cosine", "dot", "inout_prior"):
-        np.testing.assert_allclose(B.query_transform({"kind": kind, "beta": 0.5}, vectors),
-                                   Scorer(kind, 0.5).query_matrix(vectors), rtol=1e-6)
-    np.testing.assert_allclose(B.attention_weights(trained.attention_logits, trained.item_feature_codes),
-                               trained.attention_weights(), rtol=1e-5, atol=1e-7)
-    from recsys.model import price_tier_codes
-
-    prices = np.array([np.nan, 0.0, 5.0, 50.0, 1e9])
-    np.testing.assert_array_equal(B.price_tier_codes(prices, trained.price_tier_edges),
-                                  price_tier_codes(prices, trained.price_tier_edges))
     assert parts.items.index_row.max() + 1 == int((trained.item_counts > 0).sum())
     opened = B.open_bundle(B.write_bundle(tmp_path, None, parts), index_class=INDEX_CLASS)
     assert opened.parts.items.item_ids.tolist() == shop.items["item_id"].tolist()
@@ -262,7 +199,7 @@ def test_versions_are_immutable_and_staging_is_cleaned_up(tmp_path):
     parts = make_parts(n_items=30, n_cold=3)
     path = B.write_bundle(tmp_path, "20260101T000000Z-00000001", parts)
     before = {p: p.read_bytes() for p in _files(path)}
-    with pytest.raises(B.BundleExistsError, match="immutable"):
+    with pytest.raises(S.BundleExistsError, match="immutable"):
         B.write_bundle(tmp_path, "20260101T000000Z-00000001", make_parts(n_items=30, n_cold=3, seed=1))
     assert {p: p.read_bytes() for p in _files(path)} == before
     assert [p.name for p in tmp_path.iterdir()] == [path.name]  # no staging folder left
@@ -296,16 +233,16 @@ def test_parts_are_validated_before_writing(tmp_path):
 
 
 def test_version_names_sort_in_time_and_patches_follow_their_base():
-    a = B.new_version_name(b"x")
-    base, n = B.parse_version(a)
+    a = S.new_version_name(b"x")
+    base, n = S.parse_version(a)
     assert n == 0 and base == a
     names = ["20260102T000000Z-aaaaaaaa", "20260101T000000Z-bbbbbbbb.p10", "20260101T000000Z-bbbbbbbb",
              "20260101T000000Z-bbbbbbbb.p9"]
-    assert sorted(names, key=B.version_sort_key) == [names[2], names[3], names[1], names[0]]
-    assert B.patch_version_name("20260101T000000Z-bbbbbbbb.p9", names) == "20260101T000000Z-bbbbbbbb.p11"
-    assert B.patch_version_name(names[0], names) == "20260102T000000Z-aaaaaaaa.p1"
+    assert sorted(names, key=S.version_sort_key) == [names[2], names[3], names[1], names[0]]
+    assert S.patch_version_name("20260101T000000Z-bbbbbbbb.p9", names) == "20260101T000000Z-bbbbbbbb.p11"
+    assert S.patch_version_name(names[0], names) == "20260102T000000Z-aaaaaaaa.p1"
     with pytest.raises(ValueError, match="not a version name"):
-        B.parse_version("latest")
+        S.parse_version("latest")
 
 
 # --------------------------------------------------------------------------- patches
@@ -315,7 +252,7 @@ def test_extend_with_new_items_appends_query_only_items(tmp_path):
                         "category": ["fruit", "fruit", "garden", "garden"],
                         "brand": [None, "zeta", "acme", "acme"], "price": [1.0, 45.0, None, None],
                         "in_stock": [True, False, True, True]})
-    parts = B.extend_with_new_items(bundle, new)
+    parts = P.extend_with_new_items(bundle, new)
     items = parts.items
     assert len(items) == 52 and items.item_ids[-2:].tolist() == ["new-1", "new-2"]
     assert items.index_row[-2:].tolist() == [-1, -1]  # not candidates until the next training
@@ -324,10 +261,10 @@ def test_extend_with_new_items_appends_query_only_items(tmp_path):
     assert items.feature_codes[-2:].tolist() == [[1, 0, 2], [0, 1, 0]]
     assert parts.kind == "patch" and parts.parent_version == bundle.version
     assert parts.indexes is bundle.parts.indexes
-    patched = B.write_bundle(tmp_path, B.patch_version_name(bundle.version, [bundle.version]), parts)
+    patched = B.write_bundle(tmp_path, S.patch_version_name(bundle.version, [bundle.version]), parts)
     assert patched.name == bundle.version + ".p1"
     reopened = B.open_bundle(patched, index_class=INDEX_CLASS)
     assert reopened.manifest["parent_version"] == bundle.version and reopened.manifest["kind"] == "patch"
-    assert B.extend_with_new_items(reopened, new) is None  # nothing new any more
+    assert P.extend_with_new_items(reopened, new) is None  # nothing new any more
     with pytest.raises(ValueError, match="category"):
-        B.extend_with_new_items(reopened, pd.DataFrame({"item_id": ["x"]}))
+        P.extend_with_new_items(reopened, pd.DataFrame({"item_id": ["x"]}))

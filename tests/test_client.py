@@ -7,9 +7,10 @@ import time
 import numpy as np
 import pytest
 
-from recsys import bundle as B
-from recsys import registry as R
-from recsys.client import Client, Neighbor, NoVersionError, UnknownItemError
+from recsys.serving import bundle as B
+from recsys.serving import store as S
+from recsys.serving import registry as R
+from recsys.serving.client import Client, Neighbor, NoVersionError, UnknownItemError
 from test_bundle import INDEX_CLASS, IndexConfig, make_parts, trained_parts
 
 V1, V2, V3 = "20260101T000000Z-00000001", "20260102T000000Z-00000002", "20260103T000000Z-00000003"
@@ -114,7 +115,7 @@ def test_filters_hold_and_still_return_k_results(client, anchor):
     check_filters(client, anchor)
 
 
-@pytest.mark.skipif(IndexConfig is None, reason="needs recsys.index")
+@pytest.mark.skipif(IndexConfig is None, reason="needs recsys.serving.index")
 def test_filters_return_k_results_from_a_product_quantised_index(tmp_path):
     """PQ indexes take no FAISS IDSelector: the index over-fetches, and k results must still come back."""
     parts = make_parts(n_items=200, n_cold=10)
@@ -328,8 +329,8 @@ def test_patch_version_makes_a_new_item_queryable(engine, tmp_path):
 # --------------------------------------------------------------------------- CLI
 @pytest.fixture()
 def serving_cli(cli):
-    from recsys.cli import main
-    from recsys.cli_serving import register
+    from recsys.app.cli import main
+    from recsys.app.cli_serving import register
 
     if "similar" not in main.commands:
         register(main)
@@ -337,9 +338,6 @@ def serving_cli(cli):
 
 
 def test_cli_similar(engine, serving_cli, tmp_path, monkeypatch):
-    import recsys.bundle
-
-    monkeypatch.setattr(recsys.bundle, "_default_index_class", lambda: INDEX_CLASS)
     code, out = serving_cli("similar", "item-0050")
     assert code == 2 and "No production version yet" in out and "recsys train" in out
     R.publish(engine, tmp_path, make_parts(n_items=60, n_cold=5), V1, alias="production")

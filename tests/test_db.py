@@ -7,9 +7,9 @@ import pytest
 import sqlalchemy as sa
 
 from recsys.config import get_settings
-from recsys.db import database_url, get_engine, normalise_url
+from recsys.ingest.db import database_url, get_engine, normalise_url
 from recsys.errors import DatabaseUnavailableError, UserError
-from recsys.migrate import available_migrations, migrate
+from recsys.ingest.migrate import available_migrations, migrate
 
 
 def test_settings_read_the_environment(monkeypatch, tmp_path):

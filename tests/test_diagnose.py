@@ -5,9 +5,9 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
-from recsys.baselines import BoughtTogetherRecommender, PopularityRecommender
-from recsys.dataset import from_frames
-from recsys.diagnose import DiagnoseConfig, DiagnoseReport, diagnose, latapy_clustering, verdict_text
+from recsys.recommenders.baselines import BoughtTogetherRecommender, PopularityRecommender
+from recsys.data.dataset import from_frames
+from recsys.jobs.diagnose import DiagnoseConfig, DiagnoseReport, diagnose, latapy_clustering, verdict_text
 
 
 def biadjacency(pairs, shape):

@@ -6,11 +6,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from toy_data import make_dataset
-from recsys.baselines import PopularityRecommender
-from recsys.evaluate import (EvalConfig, QuerySet, auc_from_scores, build_queries, evaluate, link_prediction_auc,
-                             prepare, sample_non_edges, score_queries, split_chronological, tie_break_order,
-                             top_k_leftmost, undirected_edges)
-from recsys.graph import ItemGraph
+from recsys.recommenders.baselines import PopularityRecommender
+from recsys.evaluation.link_prediction import auc_from_scores, link_prediction_auc, sample_non_edges, undirected_edges
+from recsys.evaluation.metrics import score_queries, tie_break_order, top_k_leftmost
+from recsys.evaluation.protocol import EvalConfig, evaluate, prepare
+from recsys.evaluation.queries import QuerySet, build_queries
+from recsys.evaluation.split import split_chronological
+from recsys.data.graph import ItemGraph
 
 
 def queries(anchors, targets):
@@ -72,7 +74,7 @@ def test_top_k_leftmost_matches_a_full_stable_sort(b, m, k, seed):
 @given(st.integers(1, 6), st.integers(1, 15), st.integers(1, 14), st.integers(0, 10_000), st.booleans())
 def test_one_pass_ranking_matches_a_full_stable_sort(b, n_items, k, seed, mask_anchor):
     """rank_rows (numba, one pass a row) = stable sort of the ranked columns, anchor at -inf."""
-    from recsys.ranking import rank_rows
+    from recsys.evaluation.ranking import rank_rows
 
     rng = np.random.default_rng(seed)
     raw = rng.integers(0, 3, size=(b, n_items)).astype(np.float32)  # many ties

@@ -6,10 +6,10 @@ import datetime as dt
 import numpy as np
 import pytest
 
-from recsys.extract import extract_dataset
-from recsys.load import load_frames
-from recsys.loaders.generic import read_frames
-from recsys.synthetic import ShopConfig, generate_shop
+from recsys.ingest.extract import extract_dataset
+from recsys.ingest.load import load_frames
+from recsys.ingest.loaders.generic import read_frames
+from recsys.data.synthetic import ShopConfig, generate_shop
 
 
 @pytest.fixture()

@@ -12,7 +12,7 @@ from conftest import TAFENG
 pytestmark = pytest.mark.skipif(not TAFENG.exists(), reason="../shared/data is not next to the repo")
 
 SLICE_ROWS = 60_000
-SMALL = {"train": {"dim": 16, "walks_per_node": 4, "epochs": 1}, "max_queries": 300,
+SMALL = {"train": {"dim": 16, "walks_per_node": 4, "epochs": 1}, "evaluation": {"max_queries": 300},
          "eval_rows": ["popularity", "bought-together counts", "EGES", "EGES+PQ"],
          "index": {"recall_queries": 0}}
 
@@ -32,10 +32,10 @@ def tafeng_slice(tmp_path_factory):
 @pytest.fixture(scope="module")
 def shop(pg_url, tafeng_slice, tmp_path_factory, prefect_harness):
     """A clean database holding the slice, and an artifact root; yields (engine, url)."""
-    from recsys.db import get_engine
-    from recsys.load import load_frames
-    from recsys.loaders.tafeng import read_frames
-    from recsys.migrate import migrate
+    from recsys.ingest.db import get_engine
+    from recsys.ingest.load import load_frames
+    from recsys.ingest.loaders.tafeng import read_frames
+    from recsys.ingest.migrate import migrate
 
     engine = get_engine(url=pg_url)
     with engine.begin() as conn:
@@ -61,7 +61,7 @@ def first_run(shop):
 
 def test_flow_publishes_and_promotes_a_version_the_client_answers_from(shop, first_run):
     from recsys import Client
-    from recsys.registry import get_alias
+    from recsys.serving.registry import get_alias
 
     engine, url = shop
     assert first_run["cached"] is False and first_run["promoted"] is True
@@ -86,7 +86,7 @@ def test_flow_creates_report_and_table_artifacts_and_plots(shop, first_run):
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
-    from recsys.registry import get_version
+    from recsys.serving.registry import get_version
 
     async def read(key):
         async with get_client() as client:
@@ -112,8 +112,8 @@ def test_rerun_with_unchanged_data_does_not_retrain(shop, first_run):
 def test_overlapping_runs_do_not_publish_at_the_same_time(shop, first_run):
     from flows.train_and_publish import train_and_publish
     from recsys.config import get_settings
-    from recsys.registry import list_versions
-    from recsys.runlock import RunInProgressError, publish_lock
+    from recsys.serving.registry import list_versions
+    from recsys.serving.runlock import RunInProgressError, publish_lock
 
     engine, url = shop
     before = len(list_versions(engine))
@@ -129,7 +129,7 @@ def test_database_down_at_extraction_retries_then_fails_cleanly(shop, first_run,
 
     import flows.train_and_publish as module
     from recsys.errors import DatabaseUnavailableError
-    from recsys.registry import list_versions
+    from recsys.serving.registry import list_versions
 
     engine, url = shop
     before = len(list_versions(engine))
@@ -154,9 +154,9 @@ def test_database_down_at_extraction_retries_then_fails_cleanly(shop, first_run,
 def test_refresh_flow_makes_a_new_item_queryable(shop, first_run, tmp_path):
     from flows.refresh_new_items import refresh_new_items
     from recsys import Client
-    from recsys.load import load_frames
-    from recsys.loaders.generic import read_frames
-    from recsys.registry import get_alias
+    from recsys.ingest.load import load_frames
+    from recsys.ingest.loaders.generic import read_frames
+    from recsys.serving.registry import get_alias
 
     engine, url = shop
     items = tmp_path / "new_items.csv"

@@ -3,9 +3,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from recsys.dataset import Dataset, SideFeature
-from recsys.graph import GraphConfig, ItemGraph, build_item_graph
-from recsys.sessions import make_baskets
+from recsys.data.dataset import Dataset, SideFeature
+from recsys.data.graph import GraphConfig, ItemGraph, build_item_graph
+from recsys.data.sessions import make_baskets
 
 H = 3600
 # No filters, no links: the raw rule under test.

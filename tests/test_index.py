@@ -6,7 +6,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from recsys.index import CompressedRecommender, IndexConfig, SimilarityIndex, exact_search, measure_recall
+from recsys.recommenders.compressed import CompressedRecommender
+from recsys.serving.index import IndexConfig, SimilarityIndex, exact_search, measure_recall
 
 N, DIM = 3000, 32
 
@@ -195,11 +196,12 @@ def test_bad_input_is_a_clear_error(indexes):
 
 
 def test_compressed_recommender_on_a_synthetic_shop():
-    from recsys.synthetic import ShopConfig, generate_shop
-    from recsys.train import EGESRecommender, TrainConfig
+    from recsys.data.synthetic import ShopConfig, generate_shop
+    from recsys.embed.train import TrainConfig
+    from recsys.recommenders.eges import EGESRecommender, ScorerConfig
 
     ds = generate_shop(ShopConfig(n_items=300, n_users=200, n_baskets=1500)).to_dataset()
-    base = EGESRecommender(TrainConfig(dim=16, walks_per_node=4, scorer="inout_prior", prior_beta=0.5))
+    base = EGESRecommender(TrainConfig(dim=16, walks_per_node=4), ScorerConfig(warm="inout_prior", prior_beta=0.5))
     rec = CompressedRecommender(base, IndexConfig(factory="PQ4", query_factory="PQ4"))
     with pytest.raises(ValueError, match="fit"):
         rec.score_warm(np.array([0]))

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import yaml
 
-from recsys.cli import main as cli_main
+from recsys.app.cli import main as cli_main
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -39,7 +39,7 @@ def test_compose_services_and_commands():
 def test_prefect_yaml_entrypoints_exist_and_match_the_served_deployments():
     import importlib
 
-    from recsys.scheduling import build_deployments
+    from recsys.app.scheduling import build_deployments
 
     spec = yaml.safe_load((REPO / "prefect.yaml").read_text())
     served = {(d.flow_name, d.name) for d in build_deployments()}

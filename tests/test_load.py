@@ -7,8 +7,8 @@ import pytest
 import sqlalchemy as sa
 
 from conftest import table_counts
-from recsys.load import load_frames
-from recsys.loaders.generic import read_frames
+from recsys.ingest.load import load_frames
+from recsys.ingest.loaders.generic import read_frames
 
 ITEMS = """item_id,category,brand,price,title,in_stock,created_at,color,material
 a,shoes,acme,59.0,Runner,true,2024-01-01T00:00:00Z,red,leather

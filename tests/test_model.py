@@ -4,8 +4,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from recsys.dataset import Dataset, SideFeature
-from recsys.model import EGES, NoiseSampler, aggregate, item_features, price_tier_codes, price_tier_edges
+from recsys.data.dataset import Dataset, SideFeature
+from recsys.embed.model import EGES, NoiseSampler, aggregate, item_features
+from recsys.vectors import attention_weights, cold_start_vectors, price_tier_codes, price_tier_edges
 
 
 def tiny_dataset() -> Dataset:
@@ -69,7 +70,8 @@ def test_attention_is_a_softmax_over_present_features():
     model, feats = tiny_model("eges")
     with torch.no_grad():
         model.attention_logits.normal_()
-    w = model.attention_weights()
+    # the trained model's attention (recsys/vectors.py, what serving explains results with)
+    w = torch.from_numpy(attention_weights(model.attention_logits.detach().numpy(), feats.codes))
     assert torch.allclose(w.sum(1), torch.ones(4))
     present = torch.cat([torch.ones(4, 1, dtype=torch.bool), torch.from_numpy(feats.codes > 0)], 1)
     assert torch.all(w[present] > 0)
@@ -89,11 +91,17 @@ def test_ges_is_the_plain_average():
     assert torch.allclose(model(torch.tensor([item]))[0], torch.stack(parts).mean(0), atol=1e-6)
 
 
+def cold_start(model: EGES, codes) -> np.ndarray:
+    """The served cold-start vector (recsys/vectors.py) from this module's side tables."""
+    tables = [t.weight.detach().numpy() for t in model.side_embeddings]
+    return cold_start_vectors(tables, np.asarray(codes), model.dim)
+
+
 def test_cold_start_is_the_average_of_present_side_embeddings():
     model, feats = tiny_model("eges")
     codes = torch.tensor([[1, 2, 0], [0, 0, 0]])  # category 1, brand 2, price unknown; nothing known
     by_hand = (model.side_embeddings[0].weight[1] + model.side_embeddings[1].weight[2]) / 2
-    cold = model.cold_start(codes)
+    cold = torch.from_numpy(cold_start(model, codes))
     assert torch.allclose(cold[0], by_hand, atol=1e-7)
     assert torch.all(cold[1] == 0)
 
@@ -103,7 +111,7 @@ def test_dropping_the_id_averages_the_side_features():
     with torch.no_grad():
         model.attention_logits.normal_()
     h = model(torch.tensor([0]), drop_id=torch.tensor([True]))
-    assert torch.allclose(h, model.cold_start(torch.from_numpy(feats.codes[:1])), atol=1e-6)
+    assert torch.allclose(h, torch.from_numpy(cold_start(model, feats.codes[:1])), atol=1e-6)
 
 
 def test_missing_rows_stay_zero_and_mode_is_checked():

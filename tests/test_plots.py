@@ -2,7 +2,7 @@ import xml.etree.ElementTree as ET
 
 import numpy as np
 
-from recsys.plots import bar_chart_svg, line_chart_svg
+from recsys.jobs.plots import bar_chart_svg, line_chart_svg
 
 
 def test_line_chart_is_valid_svg_and_downsamples():

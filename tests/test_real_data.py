@@ -4,14 +4,14 @@ from __future__ import annotations
 import pytest
 
 from conftest import ONLINE_RETAIL, TAFENG, table_counts
-from recsys.extract import extract_dataset
-from recsys.load import load_frames
+from recsys.ingest.extract import extract_dataset
+from recsys.ingest.load import load_frames
 
 pytestmark = pytest.mark.skipif(not TAFENG.exists(), reason="../shared/data is not next to the repo")
 
 
 def test_tafeng_full_load_accounts_for_every_row(engine):
-    from recsys.loaders.tafeng import read_frames
+    from recsys.ingest.loaders.tafeng import read_frames
 
     frames = read_frames(TAFENG)
     assert frames.input_rows == 817_741
@@ -33,7 +33,7 @@ def test_tafeng_full_load_accounts_for_every_row(engine):
 
 @pytest.mark.skipif(not ONLINE_RETAIL.exists(), reason="no Online Retail file")
 def test_online_retail_full_load_accounts_for_every_row(engine):
-    from recsys.loaders.online_retail import read_frames
+    from recsys.ingest.loaders.online_retail import read_frames
 
     frames = read_frames(ONLINE_RETAIL)
     assert frames.input_rows == 541_909

@@ -12,8 +12,9 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
-from recsys import bundle as B
-from recsys import registry as R
+from recsys.serving import bundle as B
+from recsys.serving import store as S
+from recsys.serving import registry as R
 from test_bundle import INDEX_CLASS, make_parts
 
 TESTS = Path(__file__).resolve().parent
@@ -52,7 +53,7 @@ def test_publish_registers_and_moves_the_alias(engine, tmp_path):
     assert info.manifest_sha256 == B.open_bundle(info.path, index_class=INDEX_CLASS).manifest_sha256
     # registering the same folder again is a no-op; another manifest under the same name is refused
     assert R.register_version(engine, tmp_path / V1).manifest_sha256 == info.manifest_sha256
-    with pytest.raises(B.BundleExistsError):
+    with pytest.raises(S.BundleExistsError):
         publish(engine, tmp_path, V1)
     with pytest.raises(ValueError, match="alias must be one of"):
         R.get_alias(engine, "staging")
@@ -137,7 +138,7 @@ def test_rollback_walks_back_the_production_history(engine, tmp_path):
 def test_reconcile_registers_orphans_removes_staging_and_marks_missing(engine, tmp_path):
     publish(engine, tmp_path, V1)
     orphan = B.write_bundle(tmp_path, V2, make_parts(n_items=40, n_cold=4))  # crashed before registering
-    staging = tmp_path / f"{B.TEMP_PREFIX}{V3}-abcd"
+    staging = tmp_path / f"{S.TEMP_PREFIX}{V3}-abcd"
     (staging / "items").mkdir(parents=True)
     (staging / "items" / "price.npy").write_bytes(b"half")
     damaged = B.write_bundle(tmp_path, V3, make_parts(n_items=40, n_cold=4))
@@ -168,8 +169,8 @@ FORK_SERVER = textwrap.dedent("""
     import os, signal, sys, traceback
     sys.path.insert(0, {tests!r})
     from test_bundle import INDEX_CLASS
-    from recsys import bundle as B, registry as R
-    from recsys.db import get_engine
+    from recsys.serving import bundle as B, registry as R
+    from recsys.ingest.db import get_engine
 
     parts = B.open_bundle({source!r}, index_class=INDEX_CLASS).parts
     parts.metrics = {{"warm": {{"recall": {{"20": 0.5}}}}}}
@@ -197,7 +198,7 @@ FORK_SERVER = textwrap.dedent("""
 
 
 def test_a_publish_killed_at_any_step_leaves_old_or_new_state(engine, pg_url, tmp_path):
-    from recsys.client import Client
+    from recsys.serving.client import Client
 
     root = tmp_path / "artifacts"
     publish(engine, root, V1, alias="production")
@@ -248,7 +249,7 @@ def test_a_publish_killed_at_any_step_leaves_old_or_new_state(engine, pg_url, tm
 
 
 def test_publish_patch_makes_new_catalogue_items_servable(engine, tmp_path):
-    from recsys.client import Client
+    from recsys.serving.client import Client
 
     nothing_yet = pd.DataFrame({"item_id": ["x"], "category": ["fruit"]})
     assert R.publish_patch(engine, tmp_path, nothing_yet, index_class=INDEX_CLASS) is None
@@ -283,8 +284,8 @@ def test_publish_patch_reads_new_items_from_the_catalogue(engine, tmp_path):
 
 
 def test_cli_versions_promote_rollback(engine, cli, tmp_path):
-    from recsys.cli import main
-    from recsys.cli_serving import register
+    from recsys.app.cli import main
+    from recsys.app.cli_serving import register
 
     if "versions" not in main.commands:
         register(main)

@@ -3,8 +3,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from recsys.dataset import Dataset, SideFeature
-from recsys.sessions import basket_index, make_baskets
+from recsys.data.dataset import Dataset, SideFeature
+from recsys.data.sessions import basket_index, make_baskets
 
 H = 3600
 

@@ -7,8 +7,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from recsys.dataset import from_frames
-from recsys.synthetic import ShopConfig, SyntheticShop, generate_shop
+from recsys.data.dataset import from_frames
+from recsys.data.synthetic import ShopConfig, SyntheticShop, generate_shop
 
 SMALL = ShopConfig(seed=3, n_items=600, n_users=300, n_categories=12, n_communities=8,
                    n_baskets=3000)

@@ -5,20 +5,23 @@ import numpy as np
 import pytest
 import torch
 
-from recsys.graph import build_item_graph
-from recsys.model import EGES, item_features
-from recsys.sessions import make_baskets
-from recsys.synthetic import ShopConfig, generate_shop
+from recsys.data.graph import build_item_graph
+from recsys.embed.model import EGES, item_features
+from recsys.data.sessions import make_baskets
+from recsys.data.synthetic import ShopConfig, generate_shop
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from recsys import sgns_cpu
-from recsys.train import (EGESRecommender, Scorer, TrainConfig, component_rows, sgns_gradients, skipgram_pairs,
-                          train_embeddings, window_masks)
+from recsys.embed import sgns_cpu
+from recsys.embed.train import (TrainConfig, component_rows, sgns_gradients, skipgram_pairs, train_embeddings,
+                                window_masks)
+from recsys.recommenders.eges import EGESRecommender, ScorerConfig
+from recsys.vectors import Scorer
 
 # one thread: the CPU kernel's Hogwild threads make runs with more than one thread differ in the last bits
 FAST = TrainConfig(dim=16, walks_per_node=3, walk_length=8, window=3, batch_size=4096, epochs=1, device="cpu",
-                   validation_queries=300, num_threads=1)
+                   num_threads=1)
+FAST_SCORING = ScorerConfig(validation_queries=300)
 
 
 @pytest.fixture(scope="module")
@@ -206,7 +209,7 @@ def tiny_shop_dataset():
 
 def test_loss_goes_down_on_a_toy_graph():
     # two cliques of 6 items joined by one edge: easy structure to learn
-    from recsys.graph import ItemGraph
+    from recsys.data.graph import ItemGraph
 
     src, dst = zip(*[(i, j) for block in (range(6), range(6, 12)) for i in block for j in block if i < j], (5, 6))
     graph = ItemGraph.from_edges(12, src, dst)
@@ -312,10 +315,13 @@ def test_ridge_cold_start_fits_warm_vectors_better_than_the_plain_mean(shop_data
 
 
 def test_config_rejects_bad_values():
-    for bad in [dict(mode="x"), dict(engine="x"), dict(cold_start="x"), dict(scorer="x"), dict(dim=0), dict(walk_length=1),
+    for bad in [dict(mode="x"), dict(engine="x"), dict(cold_start="x"), dict(dim=0), dict(walk_length=1),
                 dict(id_dropout=1.0), dict(lr=0)]:
         with pytest.raises(ValueError, match="TrainConfig"):
             dataclasses.replace(FAST, **bad).validate()
+    for bad in [dict(warm="x"), dict(cold="x"), dict(validation_fraction=1.0)]:
+        with pytest.raises(ValueError, match="ScorerConfig"):
+            dataclasses.replace(FAST_SCORING, **bad).validate()
 
 
 # --------------------------------------------------------------------------- recommender
@@ -324,17 +330,17 @@ def test_scorer_is_inner_product_with_a_popularity_column(shop_data, trained):
     t = trained
     log_pop = np.log1p(np.arange(ds.n_items, dtype=np.float32))
     s = Scorer("inout_prior", beta=0.5)
-    scores = s.query_matrix(t.item_vectors[:2]) @ s.item_matrix(t, log_pop).T
+    scores = s.query_matrix(t.item_vectors[:2]) @ s.item_matrix(t.item_vectors, t.context_vectors, log_pop).T
     assert np.allclose(scores, t.item_vectors[:2] @ t.context_vectors.T + 0.5 * log_pop, atol=1e-5)
 
 
 @pytest.mark.parametrize("mode", ["bge", "eges"])
 def test_recommender_fits_and_scores(shop, mode):
-    from recsys.evaluate import split_chronological
+    from recsys.evaluation.split import split_chronological
 
     ds = shop.to_dataset()
     split = split_chronological(ds, 0.15)
-    rec = EGESRecommender(FAST, mode=mode)
+    rec = EGESRecommender(FAST, FAST_SCORING, mode=mode)
     assert rec.name == mode.upper()
     with pytest.raises(ValueError, match="fit"):
         rec.score_warm(np.array([0]))
@@ -345,12 +351,12 @@ def test_recommender_fits_and_scores(shop, mode):
     assert ws.shape == (7, ds.n_items) and ws.dtype == np.float32
     assert cs.shape == (3, ds.n_items) and np.all(np.isfinite(cs))
     assert rec.validation["warm_scorer"]["kind"] in ("cosine", "dot", "inout_prior")
-    assert rec.validation["cold_scorer"]["kind"] == "inout_prior"  # the default TrainConfig.cold_scorer
+    assert rec.validation["cold_scorer"]["kind"] == "inout_prior"  # the default ScorerConfig.cold
     assert set(rec.validation["recall@20"]) == {"warm", "cold"}
 
 
 def test_large_graphs_train_fewer_epochs_within_the_pair_budget(shop_data):
-    from recsys.train import planned_epochs
+    from recsys.embed.train import planned_epochs
 
     config = dataclasses.replace(FAST, epochs=6, max_pairs=1000)
     assert planned_epochs(config, 300) == 3 and planned_epochs(config, 5000) == 1

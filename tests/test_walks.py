@@ -4,8 +4,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.stats import chisquare
 
-from recsys.graph import ItemGraph
-from recsys.walks import build_alias_table, generate_walks, iter_walks, n_walks
+from recsys.data.graph import ItemGraph
+from recsys.data.walks import build_alias_table, generate_walks, iter_walks, n_walks
 
 
 def alias_probabilities(graph: ItemGraph) -> np.ndarray:
@@ -96,7 +96,7 @@ def test_minus_one_only_as_suffix_on_random_directed_graphs(n, walk_length, seed
 
 
 def test_walks_are_deterministic_and_independent_of_batch_size(monkeypatch):
-    import recsys.walks as walks_module
+    import recsys.data.walks as walks_module
 
     monkeypatch.setattr(walks_module, "CHUNK_WALKS", 64)  # several chunks per round on a small graph
     rng = np.random.default_rng(0)

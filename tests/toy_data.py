@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from recsys.dataset import from_frames
+from recsys.data.dataset import from_frames
 
 
 def make_dataset(orders, categories=None):

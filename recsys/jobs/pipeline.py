@@ -1,0 +1,163 @@
+"""The train-and-publish pipeline as plain functions; flows/ orchestrates them with Prefect.
+
+    extract -> evaluate (chronological split: baselines, EGES, EGES after PQ)
+            -> train the shipped model on all data -> compress -> publish -> promote
+
+Each stage takes and returns arrays or small objects, so it can run in a Prefect
+task, a test, or a notebook alike.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from recsys.data.dataset import Dataset
+from recsys.data.graph import GraphConfig
+from recsys.embed.train import TrainConfig
+from recsys.evaluation.protocol import EvalConfig, evaluate
+from recsys.evaluation.report import EvaluationReport
+from recsys.ingest.db import get_engine
+from recsys.config import get_settings
+from recsys.jobs.plots import bar_chart_svg, line_chart_svg
+from recsys.recommenders.eges import EGESRecommender, ScorerConfig
+from recsys.recommenders.lineup import NIGHTLY_ROWS, SHIPPED_ROW, build_rows
+from recsys.serving.bundle import BundleParts, parts_from_model
+from recsys.serving.index import IndexConfig
+from recsys.serving.registry import list_versions
+
+# the nightly evaluation's link prediction and query count differ from `recsys evaluate`'s defaults
+NIGHTLY_EVALUATION = EvalConfig(max_queries=5000, include_link_prediction=False)
+
+
+@dataclass
+class PipelineConfig:
+    """Everything that decides what a run produces, one config object per concern (the cache key hashes it)."""
+
+    train: TrainConfig = field(default_factory=TrainConfig)
+    scoring: ScorerConfig = field(default_factory=ScorerConfig)
+    graph: GraphConfig = field(default_factory=GraphConfig)
+    index: IndexConfig = field(default_factory=IndexConfig)
+    evaluation: EvalConfig = field(default_factory=lambda: dataclasses.replace(NIGHTLY_EVALUATION))
+    eval_rows: tuple[str, ...] = NIGHTLY_ROWS
+
+    @classmethod
+    def from_dict(cls, spec: dict | None) -> "PipelineConfig":
+        """From JSON-able parameters (a Prefect flow's): {"train": {"dim": 32}, "evaluation": {...}, ...}.
+
+        `seed` sets both the training and the evaluation seed.
+        """
+        spec = dict(spec or {})
+        unknown = set(spec) - {f.name for f in dataclasses.fields(cls)} - {"seed"}
+        if unknown:
+            raise ValueError(f"unknown pipeline settings {sorted(unknown)}")
+        seed = spec.pop("seed", None)
+        parts = {}
+        for f in dataclasses.fields(cls):
+            if f.name == "eval_rows":
+                continue
+            default = f.default_factory()
+            values = dict(spec.get(f.name) or {})
+            if seed is not None and hasattr(default, "seed"):
+                values.setdefault("seed", seed)
+            if "ks" in values or "beta_grid" in values:  # JSON has lists; the configs hold tuples
+                values = {k: tuple(v) if k in ("ks", "beta_grid") else v for k, v in values.items()}
+            parts[f.name] = dataclasses.replace(default, **values)
+        return cls(**parts, eval_rows=tuple(spec.get("eval_rows") or NIGHTLY_ROWS))
+
+    def as_dict(self) -> dict:
+        return json.loads(json.dumps(dataclasses.asdict(self), default=list))
+
+
+def fingerprint(ds: Dataset, config: PipelineConfig) -> str:
+    """Identifies (data, config): an unchanged pair needs no new training."""
+    payload = {"watermark": ds.watermark.as_dict() if ds.watermark else None, "config": config.as_dict()}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def evaluation_rows(config: PipelineConfig) -> list:
+    """The recommenders of the evaluation table (recsys/recommenders/lineup.py), in lineup order."""
+    return build_rows(config.eval_rows, config)
+
+
+def run_evaluation(ds: Dataset, config: PipelineConfig, log=print) -> tuple[EvaluationReport, EGESRecommender | None]:
+    """The offline protocol on `ds`; returns (report, the fitted EGES recommender of the split)."""
+    rows = evaluation_rows(config)
+    report = evaluate(ds, rows, config.evaluation, log=log)
+    eges = next((r for r in rows if getattr(r, "name", "") == "EGES"), None)
+    return report, eges
+
+
+def train_final(ds: Dataset, config: PipelineConfig, chosen_from=None, progress: bool = True):
+    """Train the shipped model on all purchases.
+
+    When the evaluation already chose the scorers on its validation split,
+    reuse that choice (one training instead of two).
+    """
+    rec = EGESRecommender(dataclasses.replace(config.train, mode="eges"), config.scoring, name="EGES",
+                          graph=config.graph, session_gap_s=config.evaluation.session_gap_s, progress=progress)
+    if chosen_from is not None and getattr(chosen_from, "warm_scorer", None) is not None:
+        rec.fit_with_scorers(ds, chosen_from.warm_scorer, chosen_from.cold_scorer)
+    else:
+        rec.fit(ds)
+    return rec
+
+
+def shipped_metrics(report) -> dict:
+    """Metrics stored with a version: the shipped row at the top level (what the gates read), all rows beside."""
+    table = report.to_dict()
+    rows = {row["name"]: row for row in table.get("rows", [])}
+    shipped = rows.get(SHIPPED_ROW) or rows.get("EGES") or {}
+    return {**shipped, "rows": rows, "summary": table.get("summary", {}), "config": table.get("config", {})}
+
+
+def build_parts(rec: EGESRecommender, ds: Dataset, config: PipelineConfig, metrics: dict,
+                extra_notes: dict | None = None) -> BundleParts:
+    """The bundle of a fitted recommender: its model, its chosen scorers, the training plots."""
+    if rec.trained is None:
+        raise ValueError(f"{rec.name}: fit it before publishing")
+    parts = parts_from_model(rec.trained, ds, rec.warm_scorer, rec.cold_scorer, log_popularity=rec.log_popularity,
+                             index_config=config.index, metrics=metrics,
+                             watermark=ds.watermark.as_dict() if ds.watermark else {})
+    parts.notes.update(extra_notes or {})
+    parts.extra_files.update(training_plots(rec.trained))
+    return parts
+
+
+def training_plots(trained) -> dict[str, bytes]:
+    """The loss curve and the mean attention weight per component, as SVG files for the bundle."""
+    weights = trained.attention_weights()
+    seen = np.asarray(trained.item_counts) > 0
+    mean = weights[seen].mean(axis=0) if seen.any() else weights.mean(axis=0)
+    labels = ["item id", *trained.feature_names]
+    return {
+        "plots/loss_curve.svg": line_chart_svg(trained.loss_history, "EGES training loss (skip-gram, per pair)",
+                                               "training step", "loss").encode(),
+        "plots/attention_weights.svg": bar_chart_svg(labels, mean, "Mean attention weight per component",
+                                                     "weight").encode(),
+    }
+
+
+@contextlib.contextmanager
+def timed(stage_times: dict, name: str):
+    """Record a stage's wall time into stage_times (also when it fails)."""
+    started = time.perf_counter()
+    try:
+        yield
+    finally:
+        stage_times[name] = round(time.perf_counter() - started, 2)
+
+
+def version_with_fingerprint(database_url: str | None, key: str) -> str | None:
+    """The newest published full version trained on the same data and config, if any."""
+    engine = get_engine(get_settings(database_url=database_url))
+    matches = [v for v in list_versions(engine)
+               if v.kind == "full" and v.status == "published" and (v.notes or {}).get("fingerprint") == key
+               and Path(v.path).exists()]
+    return max(matches, key=lambda v: v.created_at).version if matches else None

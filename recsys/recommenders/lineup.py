@@ -1,0 +1,80 @@
+"""The rows of every evaluation table, by name: the one list `recsys evaluate`, the nightly flow
+and `recsys diagnose` build their recommenders from.
+
+Adding a baseline is its class (in `baselines.py` or a file of its own) plus
+one `Row` line below. A row that reuses another row's fit (the compressed
+index reuses EGES's model) names it in `needs`: asking for it brings that row
+along, evaluated first.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Callable, Protocol, Sequence
+
+from recsys.data.graph import GraphConfig
+from recsys.embed.train import TrainConfig
+from recsys.evaluation.protocol import EvalConfig, Recommender
+from recsys.recommenders.baselines import (BoughtTogetherRecommender, CategoryPopularityRecommender,
+                                           ItemCFRecommender, MatrixFactorizationRecommender,
+                                           PopularityRecommender)
+from recsys.recommenders.compressed import CompressedRecommender
+from recsys.recommenders.eges import EGESRecommender, ScorerConfig
+from recsys.serving.index import IndexConfig
+
+SHIPPED_ROW = "EGES+PQ"  # the ranking a published version serves; the promotion gates read it
+
+
+class RowSettings(Protocol):
+    """What the rows are built from (`recsys.jobs.pipeline.PipelineConfig` is one)."""
+
+    train: TrainConfig
+    scoring: ScorerConfig
+    graph: GraphConfig
+    index: IndexConfig
+    evaluation: EvalConfig
+
+
+@dataclass(frozen=True)
+class Row:
+    name: str
+    build: Callable[[RowSettings, dict[str, Recommender]], Recommender]  # (settings, rows built so far)
+    nightly: bool = True  # evaluated by the nightly flow (recsys evaluate runs every row)
+    needs: tuple[str, ...] = ()
+
+
+def _embedding(settings: RowSettings, mode: str, name: str) -> EGESRecommender:
+    return EGESRecommender(dataclasses.replace(settings.train, mode=mode), settings.scoring, name=name,
+                           graph=settings.graph, session_gap_s=settings.evaluation.session_gap_s)
+
+
+ROWS: tuple[Row, ...] = (
+    Row("popularity", lambda s, _: PopularityRecommender()),
+    Row("category popularity", lambda s, _: CategoryPopularityRecommender()),
+    Row("bought-together counts", lambda s, _: BoughtTogetherRecommender(s.evaluation.session_gap_s)),
+    Row("item-CF (cosine)", lambda s, _: ItemCFRecommender(s.evaluation.session_gap_s)),
+    Row("matrix factorisation", lambda s, _: MatrixFactorizationRecommender(session_gap_s=s.evaluation.session_gap_s,
+                                                                             seed=s.evaluation.seed)),
+    Row("BGE", lambda s, _: _embedding(s, "bge", "BGE"), nightly=False),
+    Row("GES", lambda s, _: _embedding(s, "ges", "GES"), nightly=False),
+    Row("EGES", lambda s, _: _embedding(s, "eges", "EGES")),
+    Row(SHIPPED_ROW, lambda s, built: CompressedRecommender(built["EGES"], s.index, name=SHIPPED_ROW), needs=("EGES",)),
+)
+ROW_NAMES = tuple(r.name for r in ROWS)
+NIGHTLY_ROWS = tuple(r.name for r in ROWS if r.nightly)
+
+
+def build_rows(names: Sequence[str], settings: RowSettings) -> list[Recommender]:
+    """The recommenders of these rows (names matched case-insensitively), in lineup order."""
+    by_name = {r.name.lower(): r for r in ROWS}
+    unknown = [n for n in names if n.lower() not in by_name]
+    if unknown:
+        raise ValueError(f"unknown evaluation rows {list(unknown)}; rows are: {', '.join(ROW_NAMES)}")
+    wanted = {n.lower() for n in names}
+    for name in list(wanted):
+        wanted.update(need.lower() for need in by_name[name].needs)
+    built: dict[str, Recommender] = {}
+    for row in ROWS:
+        if row.name.lower() in wanted:
+            built[row.name] = row.build(settings, built)
+    return list(built.values())

@@ -1,0 +1,612 @@
+"""The compressed similar-items index: FAISS product quantisation on both sides of the inner product.
+
+Scores are maximum inner products <query, candidate> (`recsys.vectors.Scorer`
+puts every scoring rule in that form, a popularity prior being
+one more candidate column). The index keeps
+
+* the candidate side as a FAISS index built from a factory string, searched
+  with asymmetric distances (exact query, coded candidates). The default
+  ("auto", chosen on Ta-Feng EGES vectors, see docs/evaluation.md) is 4-bit
+  fast-scan PQ, one dimension per 4-bit code, plus one code of its own for
+  the prior column: PQ65x4fs at dim 64. FAISS scans it with SIMD over
+  8-bit look-up tables (a batch of 1,000 queries on Ta-Feng in 27 ms on one
+  core); a pool of k * k_factor is then re-scored from the decoded codes
+  with the prior column exact (float16). IVF lists in front of 8-bit PQ
+  from `ivf_min_items` on;
+* the query side of every indexed item ("similar to item X") coded too
+  (`query_factory`, "auto" = PQ16 at dim 64, PQ4 behind IVF), since float32 query vectors
+  would cost more than the whole candidate index. Columns every query has
+  the same value in (the prior's weight, 1) are kept as numbers; when both
+  sides are the same vectors (cosine/dot scorers) nothing extra is stored;
+* optionally a re-ranking codec ("rerank", e.g. "SQ4"): the first stage
+  returns k * k_factor candidates, re-scored from the finer codes (the
+  scheme of faiss.IndexRefine, done here so that filters act on the first
+  stage).
+
+Columns are placed in zero-padded FAISS vectors (factories need widths they
+can split), which changes no inner product. Everything is stored as FAISS
+binary files, .npy arrays (read with allow_pickle=False) and JSON: nothing is pickled.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import faiss
+import numpy as np
+
+from recsys.jsonsafe import json_safe as _json_safe
+from recsys.vectors import Scorer
+
+# the layout of index.json and the files beside it; a bundle's own format is recsys.serving.bundle.FORMAT_VERSION
+INDEX_FORMAT_VERSION = 1
+CANDIDATE_FILE, RERANK_FILE, QUERY_FILE, META_FILE = "candidates.faiss", "rerank.faiss", "queries.faiss", "index.json"
+HALF_FILE = "queries_f16.npy"  # query side kept as float16 (query_factory=None)
+PRIOR_FILE = "prior_f16.npy"  # the prior column, exact (float16), for re-scoring
+MAX_PAD = 64  # zero columns tried when a factory does not accept the vectors' width
+AUTO_DIMS_PER_BYTE = 4  # "auto" candidate side behind IVF lists: PQ16 at 64 dimensions
+# "auto" candidate side of flat indexes: 4-bit fast-scan PQ, this many dimensions per 4-bit code
+AUTO_FAST_SCAN_DIMS = 1
+AUTO_QUERY_DIMS_PER_BYTE = 4  # "auto" query side of flat indexes: PQ16 at 64 dimensions
+# Behind IVF lists (8-byte ids each) the query side gets PQ4 at 64 dimensions, to stay within 32 bytes an
+# item. It costs warm recall (a 200k-item synthetic shop: -13.7% warm Recall@20 with PQ4, -10.5% with
+# PQ8, -5.8% with PQ16; docs/benchmarks.md): set query_factory="PQ16" when quality matters more.
+AUTO_QUERY_DIMS_PER_BYTE_IVF = 16
+
+
+@dataclass
+class IndexConfig:
+    """How the index compresses and searches (every field is JSON-able)."""
+
+    # FAISS index_factory string of the candidate side (inner-product metric); "auto": 4-bit fast-scan PQ,
+    # one dimension per code, the prior column in a code of its own; from ivf_min_items on IVF lists in
+    # front of 8-bit PQ (4 dims a byte)
+    factory: str = "auto"
+    query_factory: str | None = "auto"  # codec of the query side ("auto": PQ, 4 dims a byte); None = float16
+    ivf_min_items: int = 1_000_000  # "auto" puts IVF lists in front from this many items on
+    # "auto" uses small_factory below this many items: FAISS wants >= 39 training vectors per PQ centroid,
+    # and under it the codebooks (256 centroids each) outweigh the codes anyway
+    pq_min_items: int = 10_000
+    rerank: str | None = None  # finer flat codec to re-score the first stage's pool (e.g. "SQ6", "PQ32")
+    k_factor: int = 4  # pool = k * k_factor candidates when re-scoring (rerank, fast-scan, exact prior)
+    # decoded candidate vectors are kept in memory for re-scoring up to this size (else decoded per query)
+    decoded_cache_bytes: int = 256 << 20
+    nprobe: int = 16  # IVF lists visited per query (IVF factories only)
+    train_sample: int = 100_000  # quantisers are trained on at most this many vectors
+    small_factory: str = "SQ8"  # for catalogues too small to train `factory` / query_factory well
+    exact_fallback_max: int = 512  # filters allowing at most this many items are scored exactly from codes
+    recall_queries: int = 1000  # queries sampled for stats["recall_at_10"]; 0 = skip
+    seed: int = 0
+
+    def validate(self) -> None:
+        for name in ("factory", "small_factory"):
+            if not isinstance(getattr(self, name), str) or not getattr(self, name).strip():
+                raise ValueError(f"IndexConfig.{name} must be a non-empty FAISS factory string")
+        for name in ("query_factory", "rerank"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, str) or not value.strip()):
+                raise ValueError(f"IndexConfig.{name} must be None or a non-empty FAISS factory string")
+        for name in ("k_factor", "nprobe", "train_sample", "ivf_min_items", "pq_min_items", "decoded_cache_bytes"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"IndexConfig.{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("exact_fallback_max", "recall_queries"):
+            if int(getattr(self, name)) < 0:
+                raise ValueError(f"IndexConfig.{name} must be >= 0, got {getattr(self, name)}")
+
+
+# --------------------------------------------------------------------------- FAISS helpers
+def _as_matrix(x, name: str, width: int | None = None) -> np.ndarray:
+    x = np.asarray(x)
+    if x.ndim != 2:
+        raise ValueError(f"{name} must be 2-d (rows, dim), got shape {x.shape}")
+    if width is not None and x.shape[1] != width:
+        raise ValueError(f"{name} must have {width} columns, got {x.shape[1]}")
+    if not np.issubdtype(x.dtype, np.number):
+        raise ValueError(f"{name} must be numeric, got dtype {x.dtype}")
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    if not np.isfinite(x).all():
+        raise ValueError(f"{name} contains NaN or infinite values")
+    return x
+
+
+def _pad(x: np.ndarray, width: int) -> np.ndarray:
+    if x.shape[1] == width:
+        return x
+    out = np.zeros((len(x), width), np.float32)
+    out[:, :x.shape[1]] = x
+    return out
+
+
+def _place(x: np.ndarray, positions: np.ndarray, width: int) -> np.ndarray:
+    """The FAISS vectors: column j of x at place positions[j], zeros elsewhere (no inner product changes)."""
+    if width == x.shape[1] and np.array_equal(positions, np.arange(x.shape[1])):
+        return x
+    out = np.zeros((len(x), width), np.float32)
+    out[:, positions] = x
+    return out
+
+
+def _constant_columns(query: np.ndarray) -> dict[int, float]:
+    """Columns every query has the same value in (the prior column's weight): stored as numbers."""
+    same = np.flatnonzero((query == query[:1]).all(axis=0))
+    return {int(c): float(query[0, c]) for c in same}
+
+
+def _candidate_layout(config: IndexConfig, n: int, dim: int, prior: bool) -> tuple[str, np.ndarray, int]:
+    """(factory, place of each column, width) of the candidate side.
+
+    "auto": 4-bit fast-scan PQ (`AUTO_FAST_SCAN_DIMS` dimensions per code;
+    SIMD scanning of whole batches, and codebooks of 16 centroids that weigh
+    nothing), the prior column (when the query side marks one) alone in a
+    sub-quantizer of its own: mixed with embedding dimensions its levels
+    were too coarse and the popularity signal got lost (Ta-Feng: -17% warm
+    Recall@20 with it mixed). Search re-scores a pool from the decoded codes
+    with the prior exact. From `ivf_min_items` on: IVF lists in front of
+    8-bit PQ (4 dimensions a byte), which keeps single queries fast.
+    """
+    if config.factory != "auto":
+        return config.factory, np.arange(dim), dim
+    if n < config.pq_min_items:
+        return config.small_factory, np.arange(dim), dim
+    body = dim - 1 if prior else dim
+    per_code = AUTO_DIMS_PER_BYTE if n >= config.ivf_min_items else AUTO_FAST_SCAN_DIMS
+    m = max(1, math.ceil(body / per_code))
+    positions = np.arange(dim)
+    if prior:
+        positions[-1] = m * per_code  # first place of its own sub-quantizer
+    if n >= config.ivf_min_items:
+        factory = f"IVF{_auto_nlist(n)},PQ{m + int(prior)}"
+    else:
+        factory = f"PQ{m + int(prior)}x4fs"
+    return factory, positions, (m + int(prior)) * per_code
+
+
+def _auto_nlist(n: int) -> int:
+    """About sqrt(n) lists, a power of two (1024 at 1M items)."""
+    return int(2 ** round(math.log2(max(16.0, math.sqrt(n)))))
+
+
+def _new_index(factory: str, dim: int) -> tuple[faiss.Index, int]:
+    """(untrained index, padded width): the smallest width >= dim the factory accepts."""
+    last_error = None
+    for width in range(dim, dim + MAX_PAD + 1):
+        try:
+            return faiss.index_factory(width, factory, faiss.METRIC_INNER_PRODUCT), width
+        except RuntimeError as exc:  # e.g. PQ16 on a width that is not a multiple of 16
+            last_error = exc
+    raise ValueError(f"FAISS factory {factory!r} accepts no width from {dim} to {dim + MAX_PAD}: {last_error}")
+
+
+def _ivf(index: faiss.Index):
+    try:
+        return faiss.extract_index_ivf(index)
+    except RuntimeError:
+        return None
+
+
+def _no_polysemous_training(index: faiss.Index) -> None:
+    """index_factory turns on polysemous training for PQ; it only serves Hamming filtering (unused
+    here) and makes training some 30x slower."""
+    index = faiss.downcast_index(index)
+    if hasattr(index, "do_polysemous_training"):
+        index.do_polysemous_training = False
+    if isinstance(index, faiss.IndexPreTransform):
+        _no_polysemous_training(index.index)
+
+
+def _train_and_add(factory: str, vectors: np.ndarray, sample: np.ndarray) -> tuple[faiss.Index, int]:
+    index, width = _new_index(factory, vectors.shape[1])
+    _no_polysemous_training(index)
+    if not index.is_trained:
+        index.train(_pad(vectors[sample], width))
+    index.add(_pad(vectors, width))
+    return index, width
+
+
+def _build_codec(factory: str, small_factory: str, vectors: np.ndarray, sample: np.ndarray) -> tuple[faiss.Index, int, str]:
+    """Train and fill `factory`; fall back to `small_factory` when there are too few vectors to train it."""
+    try:
+        index, width = _train_and_add(factory, vectors, sample)
+        return index, width, factory
+    except RuntimeError:  # FAISS: fewer training points than centroids (tiny catalogues)
+        index, width = _train_and_add(small_factory, vectors, sample)
+        return index, width, small_factory
+
+
+def _index_bytes(index: faiss.Index) -> int:
+    return int(faiss.serialize_index(index).size)
+
+
+def _decode(index: faiss.Index, ids: np.ndarray) -> np.ndarray:
+    """Decoded vectors of the given rows (IVF indexes get an in-memory direct map first)."""
+    ivf = _ivf(index)
+    if ivf is not None and ivf.direct_map.type == faiss.DirectMap.NoMap:
+        ivf.make_direct_map(True)
+    return index.reconstruct_batch(np.ascontiguousarray(ids, dtype=np.int64))
+
+
+def _write_index(index: faiss.Index, path: Path) -> None:
+    """faiss.write_index without the in-memory direct map (it would add 8 bytes per item)."""
+    ivf = _ivf(index)
+    if ivf is not None and ivf.direct_map.type != faiss.DirectMap.NoMap:
+        index = faiss.clone_index(index)
+        _ivf(index).set_direct_map_type(faiss.DirectMap.NoMap)
+    faiss.write_index(index, str(path))
+
+
+def _top_k(scores: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Best k columns per row by score (descending), carrying `ids` (same shape) along."""
+    if scores.shape[1] > k:
+        part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+        scores, ids = np.take_along_axis(scores, part, 1), np.take_along_axis(ids, part, 1)
+    order = np.argsort(-scores, axis=1, kind="stable")
+    return np.take_along_axis(scores, order, 1), np.take_along_axis(ids, order, 1)
+
+
+def _front_valid(scores: np.ndarray, ids: np.ndarray, valid: np.ndarray):
+    """Move each row's valid entries to the front, keeping their order."""
+    order = np.argsort(~valid, axis=1, kind="stable")
+    return np.take_along_axis(scores, order, 1), np.take_along_axis(ids, order, 1)
+
+
+def exact_search(item_matrix: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-k inner products (FAISS flat index, blocked over queries)."""
+    item_matrix = _as_matrix(item_matrix, "item_matrix")
+    flat = faiss.IndexFlatIP(item_matrix.shape[1])
+    flat.add(item_matrix)
+    return flat.search(_as_matrix(queries, "queries", item_matrix.shape[1]), min(k, len(item_matrix)))
+
+
+# --------------------------------------------------------------------------- the index
+class SimilarityIndex:
+    """Compressed maximum-inner-product index over the candidate side, plus the coded query side."""
+
+    def __init__(self, candidates: faiss.Index, rerank: faiss.Index | None, queries: faiss.Index | None,
+                 query_half: np.ndarray | None, meta: dict, prior_exact: np.ndarray | None = None):
+        self.candidates, self.rerank, self.queries, self.query_half = candidates, rerank, queries, query_half
+        self.prior_exact = prior_exact  # float16 per item: the prior column, exact, for re-scoring
+        self.meta = meta
+        self.config = IndexConfig(**meta["config"])
+        self.n_items = int(meta["n_items"])
+        self.dim = int(meta["dim"])
+        self._positions = np.asarray(meta["positions"], dtype=np.int64)  # column -> place in the FAISS vectors
+        self._ivf = _ivf(candidates)
+        if self._ivf is not None:
+            self._ivf.nprobe = min(self.config.nprobe, self._ivf.nlist)
+        # IndexPQ and the flat fast-scan indexes refuse an IDSelector: those are over-fetched and filtered
+        self._selector_ok = self._ivf is not None or isinstance(
+            candidates, (faiss.IndexFlat, faiss.IndexScalarQuantizer))
+        # a second stage re-scores a pool of k * k_factor: from finer codes (rerank), or from the
+        # first stage's own codes decoded exactly (fast-scan searches with 8-bit look-up tables) with
+        # the prior column exact
+        self._fast_scan = isinstance(faiss.downcast_index(candidates), faiss.IndexFastScan)
+        self._two_stage = rerank is not None or self._fast_scan or prior_exact is not None
+        self._decoded: np.ndarray | None = None  # lazily decoded candidate vectors (decoded_cache_bytes)
+
+    # -- building ----------------------------------------------------------------
+    @classmethod
+    def build(cls, item_matrix: np.ndarray, query_matrix: np.ndarray | None,
+              config: IndexConfig | None = None) -> "SimilarityIndex":
+        """Train and fill the index; query_matrix row i is item i's query vector (None = no query side)."""
+        config = config or IndexConfig()
+        config.validate()
+        started = time.perf_counter()
+        items = _as_matrix(item_matrix, "item_matrix")
+        n, dim = items.shape
+        if n == 0 or dim == 0:
+            raise ValueError(f"item_matrix of shape {items.shape} holds nothing to index")
+        query = None
+        if query_matrix is not None:
+            query = _as_matrix(query_matrix, "query_matrix", dim)
+            if len(query) != n:
+                raise ValueError(f"query_matrix has {len(query)} rows, item_matrix {n}: one query vector per item")
+        rng = np.random.default_rng(config.seed)
+        sample = np.sort(rng.choice(n, config.train_sample, replace=False)) if n > config.train_sample else np.arange(n)
+
+        # candidate side: the columns' places in the FAISS vectors, then the codes
+        constants = _constant_columns(query) if query is not None else {}
+        prior = dim > 1 and (dim - 1) in constants  # last column weighted the same by every query: a prior
+        factory, positions, width = _candidate_layout(config, n, dim, prior)
+        placed = _place(items, positions, width)
+        candidates, width, factory_used = _build_codec(factory, config.small_factory, placed, sample)
+        rerank = _build_codec(config.rerank, config.small_factory, placed, sample)[0] if config.rerank else None
+
+        # query side: constant columns are kept as numbers, the rest coded (or shared with the candidates)
+        query_codec, query_half, query_kind, query_factory_used = None, None, "none", None
+        body = [c for c in range(dim) if c not in constants]
+        if query is not None:
+            if np.array_equal(query, items):
+                query_kind = "candidates"  # same vectors (cosine/dot scorers): decode the candidate codes
+            elif not body:
+                query_kind = "constants"
+            elif config.query_factory is None:
+                query_kind, query_half = "float16", query[:, body].astype(np.float16)
+            else:
+                query_kind = "codes"
+                qf = config.query_factory
+                if qf == "auto":
+                    per_byte = AUTO_QUERY_DIMS_PER_BYTE_IVF if _ivf(candidates) is not None else AUTO_QUERY_DIMS_PER_BYTE
+                    qf = (config.small_factory if n < config.pq_min_items
+                          else f"PQ{max(1, math.ceil(len(body) / per_byte))}")
+                query_codec, _, query_factory_used = _build_codec(qf, config.small_factory,
+                                                                  np.ascontiguousarray(query[:, body]), sample)
+        meta = {"format_version": INDEX_FORMAT_VERSION, "metric": "inner_product", "config": dataclasses.asdict(config),
+                "n_items": n, "dim": dim, "padded_dim": width, "positions": [int(p) for p in positions],
+                "factory_used": factory_used, "prior_column": dim - 1 if prior else None,
+                "query_side": query_kind, "query_factory_used": query_factory_used, "query_columns": body,
+                "query_constants": {str(c): float(v) for c, v in constants.items()} if query_kind in
+                ("codes", "float16", "constants") else {}}
+        prior_exact = None
+        if prior and config.factory == "auto" and n < config.ivf_min_items and factory_used != config.small_factory:
+            prior_exact = items[:, dim - 1].astype(np.float16)
+        meta["prior_exact"] = prior_exact is not None
+        index = cls(candidates, rerank, query_codec, query_half, meta, prior_exact)
+        stats = {"build_seconds": time.perf_counter() - started, **index.size_breakdown()}
+        if config.recall_queries and query is not None:
+            pick = rng.choice(n, min(n, config.recall_queries), replace=False)
+            # end to end: coded query side and coded candidates against the exact float32 ranking
+            stats["recall_at_10"] = measure_recall(index, items, index.query_vectors(pick), k=10,
+                                                   truth_queries=query[pick])
+            stats["recall_at_10_candidates"] = measure_recall(index, items, query[pick], k=10)
+        index.meta["stats"] = stats
+        return index
+
+    # -- sizes ---------------------------------------------------------------------
+    def size_breakdown(self) -> dict:
+        """Serialized bytes of each part, and the total per item."""
+        sizes = {"candidate_bytes": _index_bytes(self.candidates),
+                 "rerank_bytes": _index_bytes(self.rerank) if self.rerank is not None else 0,
+                 "query_bytes": (_index_bytes(self.queries) if self.queries is not None
+                                 else self.query_half.nbytes if self.query_half is not None else 0),
+                 "prior_bytes": self.prior_exact.nbytes if self.prior_exact is not None else 0}
+        total = sum(sizes.values())
+        return {**sizes, "total_bytes": total, "bytes_per_item": total / self.n_items}
+
+    @property
+    def bytes_per_item(self) -> float:
+        return float(self.meta["stats"]["bytes_per_item"])
+
+    @property
+    def stats(self) -> dict:
+        return dict(self.meta["stats"])
+
+    # -- vectors ---------------------------------------------------------------------
+    def _check_rows(self, rows, name: str) -> np.ndarray:
+        rows = np.asarray(rows)
+        if rows.size and not np.issubdtype(rows.dtype, np.integer):
+            raise ValueError(f"{name} must be integer item rows, got dtype {rows.dtype}")
+        rows = rows.astype(np.int64).ravel()
+        if rows.size and (rows.min() < 0 or rows.max() >= self.n_items):
+            raise ValueError(f"{name} must be in 0..{self.n_items - 1}")
+        return rows
+
+    def query_vectors(self, item_indices) -> np.ndarray:
+        """Decoded query-side vectors (m, dim) of indexed items ("similar to item X")."""
+        rows = self._check_rows(item_indices, "item_indices")
+        kind = self.meta["query_side"]
+        if kind == "none":
+            raise ValueError("this index was built without a query side (query_matrix=None)")
+        if kind == "candidates":
+            return self.candidate_vectors(rows)
+        out = np.zeros((len(rows), self.dim), np.float32)
+        for column, value in self.meta["query_constants"].items():
+            out[:, int(column)] = value
+        body = self.meta["query_columns"]
+        if kind == "float16":
+            out[:, body] = self.query_half[rows]
+        elif kind == "codes":
+            out[:, body] = _decode(self.queries, rows)[:, :len(body)]
+        return out
+
+    def candidate_vectors(self, item_indices=None) -> np.ndarray:
+        """Decoded candidate vectors (finest stored codes, the exact prior): all items, or the given rows."""
+        if self._decoded is not None:
+            return self._decoded if item_indices is None else self._decoded[self._check_rows(item_indices, "item_indices")]
+        codec = self.rerank if self.rerank is not None else self.candidates
+        if item_indices is None:
+            out = codec.reconstruct_n(0, self.n_items)[:, self._positions]
+            rows = None
+        else:
+            rows = self._check_rows(item_indices, "item_indices")
+            out = _decode(codec, rows)[:, self._positions]
+        if self.prior_exact is not None:
+            prior = self.prior_exact if rows is None else self.prior_exact[rows]
+            out[:, self.dim - 1] = prior.astype(np.float32)
+        return out
+
+    def _rescoring_vectors(self, rows: np.ndarray) -> np.ndarray:
+        """Decoded vectors of the pool; the whole table is decoded once when it fits decoded_cache_bytes."""
+        if self._decoded is None and self.n_items * self.dim * 4 <= self.config.decoded_cache_bytes:
+            self._decoded = self.candidate_vectors()  # one reference assignment: safe under threads
+        return self.candidate_vectors(rows)
+
+    # -- search ----------------------------------------------------------------------
+    def search(self, queries: np.ndarray, k: int, allowed: np.ndarray | None = None,
+               exclude: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k (scores float32, ids int64), each (q, k); ids -1 / score -inf only past the allowed items.
+
+        allowed: bool per item (None = all); exclude: item rows never returned,
+        1-d for every query or 2-d (q, m) per query (-1 = padding).
+        """
+        q = _as_matrix(queries, "queries", self.dim)
+        if int(k) < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        k = int(k)
+        mask, per_row = self._filters(allowed, exclude, len(q))
+        n_ok = self.n_items if mask is None else int(mask.sum())
+        out_s = np.full((len(q), k), -np.inf, np.float32)
+        out_i = np.full((len(q), k), -1, np.int64)
+        if n_ok == 0 or len(q) == 0:
+            return out_s, out_i
+        # room for the per-query exclusions: they are dropped after the search
+        want = min(n_ok, k + (per_row.shape[1] if per_row is not None else 0))
+        if mask is not None and n_ok <= self.config.exact_fallback_max:
+            scores, ids = self._exact_subset(q, np.flatnonzero(mask), want)
+        else:
+            pool = min(n_ok, want * self.config.k_factor) if self._two_stage else want
+            scores, ids = self._first_stage(q, pool, mask, n_ok)
+            if self._two_stage:
+                scores = self._rescore(q, ids)
+            scores, ids = _top_k(scores, ids, want)
+        if per_row is not None:
+            drop = (ids[:, :, None] == per_row[:, None, :]).any(2)
+            scores, ids = np.where(drop, -np.inf, scores), np.where(drop, -1, ids)
+            scores, ids = _front_valid(scores, ids, ids >= 0)
+        take = min(k, ids.shape[1])
+        out_s[:, :take], out_i[:, :take] = scores[:, :take], ids[:, :take]
+        out_s[out_i < 0] = -np.inf
+        return out_s, out_i
+
+    def _filters(self, allowed, exclude, n_queries: int):
+        mask = None
+        if allowed is not None:
+            allowed = np.asarray(allowed)
+            if allowed.dtype != bool or allowed.shape != (self.n_items,):
+                raise ValueError(f"allowed must be a bool array of shape ({self.n_items},), "
+                                 f"got {allowed.dtype} {allowed.shape}")
+            mask = allowed.copy()
+        per_row = None
+        if exclude is not None:
+            exclude = np.asarray(exclude)
+            if exclude.size and not np.issubdtype(exclude.dtype, np.integer):
+                raise ValueError(f"exclude must hold integer item rows, got dtype {exclude.dtype}")
+            exclude = exclude.astype(np.int64)
+            if exclude.size and (exclude.min() < -1 or exclude.max() >= self.n_items):
+                raise ValueError(f"exclude rows must be in 0..{self.n_items - 1} (or -1 as padding)")
+            if exclude.ndim == 1:
+                mask = np.ones(self.n_items, bool) if mask is None else mask
+                mask[exclude[exclude >= 0]] = False
+            elif exclude.ndim == 2 and len(exclude) == n_queries:
+                per_row = exclude
+            else:
+                raise ValueError(f"exclude must be 1-d, or 2-d with one row per query ({n_queries}), "
+                                 f"got shape {exclude.shape}")
+        return mask, per_row
+
+    def _exact_subset(self, q: np.ndarray, rows: np.ndarray, want: int):
+        """Scores against every allowed item from its decoded codes (small allowed sets)."""
+        scores = (q @ self.candidate_vectors(rows).T).astype(np.float32)
+        return _top_k(scores, np.broadcast_to(rows, scores.shape).copy(), want)
+
+    def _first_stage(self, q: np.ndarray, pool: int, mask: np.ndarray | None, n_ok: int):
+        """`pool` best allowed candidates per query (ids -1 / -inf past the allowed ones).
+
+        IVF widens nprobe and the over-fetch (for indexes that take no
+        IDSelector) doubles until every row has `pool` allowed candidates or
+        the search was exhaustive.
+        """
+        q = _place(q, self._positions, int(self.meta["padded_dim"]))
+        bitmap = selector = None
+        if mask is not None and self._selector_ok:
+            bitmap = np.packbits(mask, bitorder="little")  # must outlive the searches below
+            selector = faiss.IDSelectorBitmap(self.n_items, faiss.swig_ptr(bitmap))
+        nlist = self._ivf.nlist if self._ivf is not None else 1
+        nprobe = min(self.config.nprobe, nlist)
+        over_fetch = mask is not None and selector is None
+        fetch = min(self.n_items, int(math.ceil(pool * self.n_items / n_ok * 1.2)) + 16) if over_fetch else pool
+        while True:
+            if self._ivf is not None:
+                params = faiss.SearchParametersIVF(nprobe=nprobe, sel=selector)
+            elif selector is not None:
+                params = faiss.SearchParameters(sel=selector)
+            else:
+                params = None
+            scores, ids = self.candidates.search(q, fetch, params=params)
+            valid = ids >= 0
+            if over_fetch:
+                valid &= mask[np.maximum(ids, 0)]
+            scores, ids = _front_valid(np.where(valid, scores, -np.inf), np.where(valid, ids, -1), valid)
+            exhaustive = nprobe >= nlist and (not over_fetch or fetch >= self.n_items)
+            if (ids[:, :pool] >= 0).all() or exhaustive:
+                return scores[:, :pool], ids[:, :pool]
+            nprobe = min(nlist, nprobe * 4)
+            if over_fetch:
+                fetch = min(self.n_items, fetch * 2)
+
+    def _rescore(self, q: np.ndarray, ids: np.ndarray) -> np.ndarray:
+        """Scores of the pool from the decoded codes (finer ones when there is a rerank codec)."""
+        rows = np.unique(ids[ids >= 0])
+        if len(rows) == 0:
+            return np.full(ids.shape, -np.inf, np.float32)
+        decoded = self._rescoring_vectors(rows)
+        where = np.minimum(np.searchsorted(rows, np.maximum(ids, 0)), len(rows) - 1)
+        scores = np.einsum("qd,qkd->qk", q, decoded[where])
+        return np.where(ids >= 0, scores, -np.inf).astype(np.float32)
+
+    # -- files -----------------------------------------------------------------------
+    def save(self, folder: str | Path) -> None:
+        """FAISS binary files + index.json (no pickle)."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        _write_index(self.candidates, folder / CANDIDATE_FILE)
+        if self.rerank is not None:
+            _write_index(self.rerank, folder / RERANK_FILE)
+        if self.queries is not None:
+            _write_index(self.queries, folder / QUERY_FILE)
+        if self.query_half is not None:
+            np.save(folder / HALF_FILE, self.query_half, allow_pickle=False)
+        if self.prior_exact is not None:
+            np.save(folder / PRIOR_FILE, self.prior_exact, allow_pickle=False)
+        (folder / META_FILE).write_text(json.dumps(_json_safe(self.meta), indent=2, sort_keys=True))
+
+    @classmethod
+    def load(cls, folder: str | Path) -> "SimilarityIndex":
+        folder = Path(folder)
+        meta_path = folder / META_FILE
+        if not meta_path.exists():
+            raise ValueError(f"{folder} holds no {META_FILE}: not a saved SimilarityIndex")
+        meta = json.loads(meta_path.read_text())
+        if meta.get("format_version") != INDEX_FORMAT_VERSION:
+            raise ValueError(f"{meta_path}: index format {meta.get('format_version')!r}, "
+                             f"this code reads {INDEX_FORMAT_VERSION}")
+        candidates = faiss.read_index(str(folder / CANDIDATE_FILE))
+        rerank = faiss.read_index(str(folder / RERANK_FILE)) if meta["config"].get("rerank") else None
+        queries = faiss.read_index(str(folder / QUERY_FILE)) if meta["query_side"] == "codes" else None
+        half = np.load(folder / HALF_FILE, allow_pickle=False) if meta["query_side"] == "float16" else None
+        prior = np.load(folder / PRIOR_FILE, allow_pickle=False) if meta.get("prior_exact") else None
+        if candidates.ntotal != meta["n_items"]:
+            raise ValueError(f"{folder / CANDIDATE_FILE} holds {candidates.ntotal} items, index.json says "
+                             f"{meta['n_items']}")
+        return cls(candidates, rerank, queries, half, meta, prior)
+
+
+def measure_recall(index: SimilarityIndex, item_matrix: np.ndarray, queries: np.ndarray, k: int = 10,
+                   truth_queries: np.ndarray | None = None) -> float:
+    """Mean share of the exact inner-product top k that the index returns in its top k.
+
+    truth_queries: the exact vectors `queries` approximate (default: the same),
+    to include the loss of a coded query side.
+    """
+    queries = _as_matrix(queries, "queries")
+    if len(queries) == 0:
+        raise ValueError("measure_recall needs at least one query")
+    truth_queries = queries if truth_queries is None else _as_matrix(truth_queries, "truth_queries", queries.shape[1])
+    if len(truth_queries) != len(queries):
+        raise ValueError(f"truth_queries has {len(truth_queries)} rows, queries {len(queries)}")
+    _, truth = exact_search(item_matrix, truth_queries, k)
+    _, found = index.search(queries, k)
+    hits = [len(np.intersect1d(t[t >= 0], f[f >= 0])) / max(1, int((t >= 0).sum())) for t, f in zip(truth, found)]
+    return float(np.mean(hits))
+
+
+def build_scorer_indexes(item_vectors: np.ndarray, context_vectors: np.ndarray, log_pop: np.ndarray,
+                         cold_vectors: Callable[[], np.ndarray], warm_scorer: Scorer, cold_scorer: Scorer,
+                         config: IndexConfig | None = None, index_class=None) -> dict[str, "SimilarityIndex"]:
+    """The indexes a version serves: "warm", and "cold" only when the cold scorer differs.
+
+    Warm queries are the indexed items' own vectors; cold queries their
+    side-feature vectors (`cold_vectors()`, computed only when a second index
+    is needed). All arrays hold the indexed items only, in index order.
+    """
+    index_class = index_class or SimilarityIndex
+    indexes = {"warm": index_class.build(warm_scorer.item_matrix(item_vectors, context_vectors, log_pop),
+                                         warm_scorer.query_matrix(item_vectors), config)}
+    if cold_scorer != warm_scorer:
+        indexes["cold"] = index_class.build(cold_scorer.item_matrix(item_vectors, context_vectors, log_pop),
+                                            cold_scorer.query_matrix(cold_vectors()), config)
+    return indexes
