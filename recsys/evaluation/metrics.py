@@ -8,13 +8,15 @@ and ranking keeps the leftmost column among equal scores
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 import numpy as np
 
 from recsys.evaluation.queries import QuerySet
 from recsys.evaluation.ranking import rank_rows
+
+HEAD_ITEMS = 100  # the most bought items; targets outside them are "tail" targets
 
 
 def tie_break_order(popularity: np.ndarray, item_ids: np.ndarray) -> np.ndarray:
@@ -59,9 +61,15 @@ class SegmentMetrics:
     mrr: float
     coverage: dict[int, float]
     score_s: float
+    # Recall@K over tail targets only (outside the HEAD_ITEMS most bought), over the queries that have one:
+    # where similar items must beat a popularity list
+    tail_recall: dict[int, float] = field(default_factory=dict)
+    n_tail_queries: int = 0
 
     def to_dict(self) -> dict:
         return {
+            "tail_recall": {str(k): v for k, v in self.tail_recall.items()},
+            "n_tail_queries": self.n_tail_queries,
             "n_queries": self.n_queries,
             "n_available": self.n_available,
             "recall": {str(k): v for k, v in self.recall.items()},
@@ -81,6 +89,8 @@ class _Accumulator:
         self.hits = {k: 0.0 for k in self.ks}
         self.rr = 0.0
         self.n = 0
+        self.tail_recall = {k: 0.0 for k in self.ks}
+        self.n_tail = 0
         self.covered = {k: np.zeros(n_columns, dtype=bool) for k in self.ks}
 
     def add_ranked(self, top: np.ndarray, rank: np.ndarray, t_rows: np.ndarray, t_cols: np.ndarray,
@@ -95,6 +105,15 @@ class _Accumulator:
             self.recall[k] += float((hits / np.minimum(n_targets, k)).sum())
             self.hits[k] += float((hits > 0).sum())
             self.covered[k][top[:, :k].ravel()] = True
+        # columns are in popularity order, so the first HEAD_ITEMS columns are the most bought items
+        tail = t_cols >= HEAD_ITEMS
+        n_tail = np.bincount(t_rows[tail], minlength=b)
+        tail_hit = np.isin(np.arange(b)[:, None] * m + top, target_key[tail])
+        has_tail = n_tail > 0
+        for k in self.ks:
+            hits = tail_hit[:, :k].sum(axis=1)[has_tail]
+            self.tail_recall[k] += float((hits / np.minimum(n_tail[has_tail], k)).sum())
+        self.n_tail += int(has_tail.sum())
         self.rr += float((1.0 / rank).sum())
         self.n += b
 
@@ -108,6 +127,8 @@ class _Accumulator:
             mrr=self.rr / n,
             coverage={k: float(c.sum()) / m for k, c in self.covered.items()},
             score_s=score_s,
+            tail_recall={k: v / max(self.n_tail, 1) for k, v in self.tail_recall.items()},
+            n_tail_queries=self.n_tail,
         )
 
 

@@ -33,6 +33,7 @@ import numpy as np
 from recsys.data.dataset import Dataset
 from recsys.data.sessions import make_baskets
 from recsys.evaluation.config import EvalConfig
+from recsys.evaluation.memory import PeakMemory
 from recsys.evaluation.link_prediction import link_prediction_auc
 from recsys.evaluation.metrics import score_queries, tie_break_order
 from recsys.evaluation.queries import QuerySet, build_queries
@@ -111,13 +112,14 @@ def _summary(ds: Dataset, prep: PreparedEvaluation) -> dict:
 def evaluate_recommender(rec: Recommender, ds: Dataset, prep: PreparedEvaluation, config: EvalConfig) -> RowResult:
     name = getattr(rec, "name", type(rec).__name__)
     started = time.perf_counter()
-    rec.fit(prep.split.train)
+    with PeakMemory() as memory:
+        rec.fit(prep.split.train)
     fit_s = time.perf_counter() - started
     warm = score_queries(rec.score_warm, prep.warm_queries, prep.columns, ds.n_items, config.ks,
                          mask_anchor=True, chunk_bytes=config.chunk_bytes, name=name)
     cold = score_queries(rec.score_cold, prep.cold_queries, prep.columns, ds.n_items, config.ks,
                          mask_anchor=False, chunk_bytes=config.chunk_bytes, name=name)
-    return RowResult(name=name, fit_s=fit_s, warm=warm, cold=cold)
+    return RowResult(name=name, fit_s=fit_s, warm=warm, cold=cold, fit_peak_mb=memory.peak_mb)
 
 
 def evaluate(ds: Dataset, recommenders: Sequence[Recommender], config: EvalConfig | None = None,

@@ -18,6 +18,7 @@ class RowResult:
     cold: SegmentMetrics | None
     link_prediction_auc: float | None = None
     error: str | None = None
+    fit_peak_mb: float | None = None  # peak resident memory during fit, above the process's before it
 
     def to_dict(self) -> dict:
         return {
@@ -26,6 +27,7 @@ class RowResult:
             "warm": self.warm.to_dict() if self.warm else None,
             "cold": self.cold.to_dict() if self.cold else None,
             "link_prediction_auc": self.link_prediction_auc,
+            "fit_peak_mb": self.fit_peak_mb,
             "error": self.error,
         }
 
@@ -51,25 +53,30 @@ class EvaluationReport:
         return json.dumps(self.to_dict(), indent=indent)
 
     def to_table(self, k: int = 20) -> str:
-        """Plain-text table: warm and cold Recall@k, HitRate@k, MRR, coverage@k, timings."""
+        """Plain-text table: warm and cold Recall@k, HitRate@k, MRR, coverage@k, warm tail Recall@k, fit time
+        and memory, scoring time."""
         s = self.summary
         head = (f"items {s['n_items']}, purchases {s['n_purchases']} (test {s['n_test_purchases']}), "
                 f"warm items {s['n_warm_items']}, cold items {s['n_cold_items']}; "
                 f"queries warm {s['n_warm_queries']}/{s['n_warm_queries_available']}, "
                 f"cold {s['n_cold_queries']}/{s['n_cold_queries_available']}")
-        cols = ["method", f"warm R@{k}", f"HR@{k}", "MRR", f"cov@{k}",
-                f"cold R@{k}", f"HR@{k}", "MRR", f"cov@{k}", "AUC", "fit s", "score s"]
+        cols = ["method", f"warm R@{k}", f"HR@{k}", "MRR", f"cov@{k}", f"tail R@{k}",
+                f"cold R@{k}", f"HR@{k}", "MRR", f"cov@{k}", "AUC", "fit s", "fit MB", "score s"]
         lines = []
         for r in self.rows:
             cells = [r.name]
-            for seg in (r.warm, r.cold):
+            for seg, tail in ((r.warm, True), (r.cold, False)):
                 if seg is None or seg.n_queries == 0 or k not in seg.recall:
-                    cells += ["-"] * 4
+                    cells += ["-"] * (5 if tail else 4)
                 else:
                     cells += [f"{seg.recall[k]:.4f}", f"{seg.hit_rate[k]:.4f}", f"{seg.mrr:.4f}",
                               f"{seg.coverage[k]:.3f}"]
+                    if tail:
+                        cells.append(f"{seg.tail_recall[k]:.4f}" if seg.n_tail_queries and k in seg.tail_recall
+                                     else "-")
             cells.append("-" if r.link_prediction_auc is None else f"{r.link_prediction_auc:.4f}")
             cells.append(f"{r.fit_s:.1f}")
+            cells.append("-" if r.fit_peak_mb is None else f"{r.fit_peak_mb:,.0f}")
             score_s = sum(seg.score_s for seg in (r.warm, r.cold) if seg is not None)
             cells.append(f"{score_s:.1f}")
             if r.error:

@@ -23,9 +23,10 @@ def table_rows(metrics: dict) -> list[dict]:
             "method": name,
             "warm_recall@20": metric(row, "warm", "recall"), "warm_hitrate@20": metric(row, "warm", "hit_rate"),
             "warm_mrr": metric(row, "warm", "mrr", None), "warm_coverage@20": metric(row, "warm", "coverage"),
+            "warm_tail_recall@20": metric(row, "warm", "tail_recall"),
             "cold_recall@20": metric(row, "cold", "recall"), "cold_hitrate@20": metric(row, "cold", "hit_rate"),
             "cold_mrr": metric(row, "cold", "mrr", None), "cold_coverage@20": metric(row, "cold", "coverage"),
-            "fit_s": row.get("fit_s"),
+            "fit_s": row.get("fit_s"), "fit_peak_mb": row.get("fit_peak_mb"),
         })
     return out
 
@@ -39,11 +40,13 @@ def run_report_markdown(*, version: str, metrics: dict, previous: tuple[str, dic
     lines += [f"- {k.replace('_', ' ')}: {v:,}" if isinstance(v, int) else f"- {k.replace('_', ' ')}: {v}"
               for k, v in counts.items()]
     lines += ["", "## Offline metrics (chronological split)", "",
-              "| method | warm R@20 | warm HR@20 | warm MRR | warm cov@20 | cold R@20 | cold HR@20 | cold cov@20 |",
-              "|---|---|---|---|---|---|---|---|"]
+              "| method | warm R@20 | warm HR@20 | warm MRR | warm cov@20 | warm tail R@20 | cold R@20 | cold HR@20 "
+              "| cold cov@20 |",
+              "|---|---|---|---|---|---|---|---|---|"]
     for row in table_rows(metrics):
         lines.append(f"| {row['method']} | {_fmt(row['warm_recall@20'])} | {_fmt(row['warm_hitrate@20'])} | "
-                     f"{_fmt(row['warm_mrr'])} | {_fmt(row['warm_coverage@20'], 3)} | {_fmt(row['cold_recall@20'])} | "
+                     f"{_fmt(row['warm_mrr'])} | {_fmt(row['warm_coverage@20'], 3)} | {_fmt(row['warm_tail_recall@20'])} | "
+                     f"{_fmt(row['cold_recall@20'])} | "
                      f"{_fmt(row['cold_hitrate@20'])} | {_fmt(row['cold_coverage@20'], 3)} |")
     lines += ["", "## Against the previous version", ""]
     if previous is None:
@@ -54,6 +57,9 @@ def run_report_markdown(*, version: str, metrics: dict, previous: tuple[str, dic
         for segment in ("warm", "cold"):
             lines.append(f"| {segment} Recall@20 | {_fmt(metric(metrics, segment, 'recall'))} | "
                          f"{_fmt(metric(prev_metrics, segment, 'recall'))} |")
+        for name, label, digits in (("coverage", "warm coverage@20", 3), ("tail_recall", "warm tail Recall@20", 4)):
+            lines.append(f"| {label} | {_fmt(metric(metrics, 'warm', name), digits)} | "
+                         f"{_fmt(metric(prev_metrics, 'warm', name), digits)} |")
     lines += ["", "## Timings (s)", "", "| stage | seconds |", "|---|---|"]
     lines += [f"| {name} | {seconds:.1f} |" for name, seconds in stages.items()]
     if plots:

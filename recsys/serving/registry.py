@@ -96,11 +96,17 @@ class Gates:
     min_warm_recall_at_20: float = 0.0
     min_cold_recall_at_20: float = 0.0
     max_relative_drop: float = 0.05
+    # warm coverage@20 at least this share of the bought-together row's (no collapse into a popularity
+    # list); 0 = off. Checked when the version's metrics hold both rows.
+    min_coverage_vs_bought_together: float = 0.0
 
     def __post_init__(self) -> None:
         for name in ("min_warm_recall_at_20", "min_cold_recall_at_20"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"Gates.{name} must be in [0, 1], got {getattr(self, name)}")
+        if not 0.0 <= self.min_coverage_vs_bought_together <= 10.0:
+            raise ValueError("Gates.min_coverage_vs_bought_together must be in [0, 10], got "
+                             f"{self.min_coverage_vs_bought_together}")
         if not 0.0 <= self.max_relative_drop <= 1.0:
             raise ValueError(f"Gates.max_relative_drop must be in [0, 1], got {self.max_relative_drop}")
 
@@ -129,7 +135,19 @@ def check_gates(metrics: dict, production_metrics: dict | None, gates: Gates) ->
         if current is not None and value < current * (1.0 - gates.max_relative_drop):
             failures.append(f"{segment} Recall@20 {value:.4f} is more than {gates.max_relative_drop:.0%} below "
                             f"production's {current:.4f}")
+    if gates.min_coverage_vs_bought_together > 0:
+        ours = coverage_at(metrics)
+        counts = coverage_at((metrics.get("rows") or {}).get("bought-together counts"))
+        if ours is not None and counts is not None and ours < gates.min_coverage_vs_bought_together * counts:
+            failures.append(f"warm coverage@20 {ours:.3f} < {gates.min_coverage_vs_bought_together:g} x "
+                            f"bought-together counts' {counts:.3f}")
     return failures
+
+
+def coverage_at(metrics: dict | None, k: int = 20) -> float | None:
+    """Warm coverage@k from a metrics dict (RowResult layout), or None."""
+    value = (((metrics or {}).get("warm") or {}).get("coverage") or {}).get(str(k))
+    return float(value) if isinstance(value, (int, float)) else None
 
 
 # --------------------------------------------------------------------------- schema
