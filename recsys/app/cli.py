@@ -41,12 +41,20 @@ def main():
                    "instead of rejecting those purchases.")
 @click.option("--strict", is_flag=True, help="Abort the whole load, changing nothing, if any row would be rejected.")
 @click.option("--encoding", default="utf-8", show_default=True, help="Text encoding of CSV files.")
+@click.option("--delimiter", help="Field delimiter of CSV files, e.g. ';' (default: detected from the header line).")
+@click.option("--decimal", type=click.Choice([".", ","]), default=".", show_default=True,
+              help="Decimal mark of numbers in CSV files (',' for 1,99).")
+@click.option("--date-format", help="strptime format of the timestamps, e.g. '%d/%m/%Y %H:%M' (default: ISO 8601 only).")
+@click.option("--dayfirst", is_flag=True, help="Timestamps are day/month/year (with / . or -, optional time).")
+@click.option("--duplicate-lines", type=click.Choice(["reject", "keep", "sum"]), default=None,
+              help="Purchase lines identical in every column: reject them (default: a file exported twice "
+                   "must not double the purchases), keep each as a line, or sum them into the first line's quantity.")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path),
               help="Also write the load report as JSON.")
 @database_option
 @user_errors
 def load(items_path, purchases_path, dataset, path, side_features, create_missing_items, strict, encoding,
-         json_out, database_url):
+         delimiter, decimal, date_format, dayfirst, duplicate_lines, json_out, database_url):
     """Import a catalogue and purchase history into Postgres.
 
     \b
@@ -67,6 +75,12 @@ def load(items_path, purchases_path, dataset, path, side_features, create_missin
             raise UserError("--dataset reads one file; do not combine it with --items/--purchases.")
         if side_features:
             raise UserError("--side-feature applies to --items files; the adapters declare their own side features.")
+        used = [name for name, value in (("--delimiter", delimiter), ("--decimal", decimal != "."),
+                                         ("--date-format", date_format), ("--dayfirst", dayfirst),
+                                         ("--duplicate-lines", duplicate_lines)) if value]
+        if used:
+            raise UserError(f"{', '.join(used)} appl{'ies' if len(used) == 1 else 'y'} to --items/--purchases "
+                            f"files; the --dataset {dataset} adapter knows its file's format.")
         if dataset == "tafeng":
             from recsys.ingest.loaders.tafeng import read_frames
         else:
@@ -79,7 +93,9 @@ def load(items_path, purchases_path, dataset, path, side_features, create_missin
         from recsys.ingest.loaders.generic import read_frames
 
         click.echo("Reading " + ", ".join(str(p) for p in (items_path, purchases_path) if p) + " ...")
-        frames = read_frames(items_path, purchases_path, side_features=list(side_features), encoding=encoding)
+        frames = read_frames(items_path, purchases_path, side_features=list(side_features), encoding=encoding,
+                             delimiter=delimiter, decimal=decimal, date_format=date_format, dayfirst=dayfirst,
+                             duplicate_lines=duplicate_lines or "reject")
     engine = engine_for(database_url)
     click.echo(f"Writing {frames.input_rows:,} rows to {engine.url.render_as_string(hide_password=True)} ...")
     report = load_frames(engine, frames, create_missing_items=create_missing_items, strict=strict)

@@ -38,6 +38,10 @@ class LoadReport:
     items_created_for_purchases: int = 0
     purchases_inserted: int = 0
     purchases_already_present: int = 0
+    # purchase lines identical in every column to an earlier one (--duplicate-lines)
+    identical_lines: int = 0
+    identical_mode: str = "reject"
+    purchases_merged: int = 0  # identical lines summed into the first (--duplicate-lines sum)
     rejected: dict[str, int] = field(default_factory=dict)  # reason -> rows
     reject_examples: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
@@ -51,7 +55,8 @@ class LoadReport:
     @property
     def accounted_rows(self) -> int:
         loaded_items = self.items_inserted + self.items_updated + self.items_unchanged if self.item_rows_in_files else 0
-        return loaded_items + self.purchases_inserted + self.purchases_already_present + self.rejected_rows
+        return (loaded_items + self.purchases_inserted + self.purchases_already_present + self.purchases_merged
+                + self.rejected_rows)
 
     def as_dict(self) -> dict:
         return {
@@ -61,6 +66,8 @@ class LoadReport:
             "items_created_for_purchases": self.items_created_for_purchases,
             "purchases_inserted": self.purchases_inserted,
             "purchases_already_present": self.purchases_already_present,
+            "identical_lines": self.identical_lines, "duplicate_lines": self.identical_mode,
+            "purchases_merged": self.purchases_merged,
             "rejected": dict(self.rejected), "rejected_rows": self.rejected_rows,
             "accounted_rows": self.accounted_rows, "seconds": round(self.seconds, 2),
         }
@@ -73,7 +80,19 @@ class LoadReport:
         if self.items_created_for_purchases:
             lines.append(f"  items created for purchases (--create-missing-items, category "
                          f"{MISSING_ITEM_CATEGORY!r}): {self.items_created_for_purchases:,}")
-        lines.append(f"  purchases: {self.purchases_inserted:,} new, {self.purchases_already_present:,} already loaded")
+        purchases = f"  purchases: {self.purchases_inserted:,} new, {self.purchases_already_present:,} already loaded"
+        if self.purchases_merged:
+            purchases += f", {self.purchases_merged:,} summed into an identical earlier line"
+        lines.append(purchases)
+        if self.identical_lines:
+            lines.append("  identical lines: " + {
+                "reject": f"{self.identical_lines:,} purchase lines repeat an earlier line exactly and were rejected "
+                          "(--duplicate-lines reject, the default; if your shop exports one line per unit, "
+                          "--duplicate-lines keep or sum counts them)",
+                "keep": f"{self.identical_lines:,} purchase lines repeat an earlier line exactly and were kept as "
+                        "separate lines (--duplicate-lines keep)",
+                "sum": f"{self.identical_lines:,} purchase lines repeat an earlier line exactly and were added to "
+                       "its quantity (--duplicate-lines sum)"}[self.identical_mode])
         lines.append(f"  rejected:  {self.rejected_rows:,} rows" + (":" if self.rejected else ""))
         for reason, count in sorted(self.rejected.items(), key=lambda kv: -kv[1]):
             lines.append(f"    {reason:<24} {count:,}")
@@ -88,11 +107,14 @@ class LoadReport:
 
 
 def _copy(cursor, table: str, frame: pd.DataFrame, columns: list[str]) -> None:
+    """COPY in CSV format with COPY's default NULL, the unquoted empty field: a missing value
+    is written as nothing, and any text ("\\N" included) reaches Postgres as written. The
+    loaders store blank text as missing, so no value is the empty string."""
     buffer = io.StringIO()
-    frame[columns].to_csv(buffer, index=False, header=False, na_rep="\\N", date_format="%Y-%m-%dT%H:%M:%S%z")
+    frame[columns].to_csv(buffer, index=False, header=False, na_rep="", date_format="%Y-%m-%dT%H:%M:%S%z")
     buffer.seek(0)
     cols = ", ".join(columns)
-    cursor.copy_expert(f"COPY {table} ({cols}) FROM STDIN WITH (FORMAT csv, NULL '\\N')", buffer)
+    cursor.copy_expert(f"COPY {table} ({cols}) FROM STDIN WITH (FORMAT csv)", buffer)
 
 
 def _epoch_micros(values: pd.Series) -> pd.Series:
@@ -123,6 +145,10 @@ def load_frames(engine: Engine, frames: LoadFrames, *, create_missing_items: boo
                               "side_features": frames.side_features})}).scalar_one()
         report = LoadReport(load_id=load_id, source=frames.source, input_rows=frames.input_rows,
                             notes=list(frames.notes), item_rows_in_files=item_rows_in_files)
+        identical = frames.identical_lines or {}
+        report.identical_lines = int(identical.get("rows", 0))
+        report.identical_mode = identical.get("mode", "reject")
+        report.purchases_merged = int(identical.get("merged", 0))
         raw = conn.connection.dbapi_connection
         cursor = raw.cursor()
         for name in frames.side_features:

@@ -23,7 +23,8 @@ import numpy as np
 import pandas as pd
 
 from recsys.ingest.loaders.files import (
-    LoadFrames, RejectCollector, as_text, blank, parse_number, parse_timestamp, read_table,
+    LoadFrames, RejectCollector, as_text, blank, implausible_timestamps, parse_number, parse_timestamp,
+    quantity_out_of_range, read_table, reject_unreadable_rows,
     reject_duplicate_rows, require_columns,
 )
 from recsys.ingest.loaders.generic import _purchase_frame
@@ -46,6 +47,7 @@ def read_frames(path: str | Path, *, encoding: str = "utf-8") -> LoadFrames:
     require_columns(source, COLUMNS, "Online Retail")
     f = source.frame
     rejects = RejectCollector(source, "purchase")
+    reject_unreadable_rows(source, rejects)
     invoice = as_text(f["InvoiceNo"]).fillna("")
     rejects.add(invoice.str.upper().str.startswith("C").to_numpy(dtype=bool), "InvoiceNo", "cancellation",
                 "a cancellation (InvoiceNo starts with C), not a purchase")
@@ -53,6 +55,8 @@ def read_frames(path: str | Path, *, encoding: str = "utf-8") -> LoadFrames:
     qty, qty_bad, qty_nan = parse_number(f["Quantity"])
     rejects.add(qty_bad | qty_nan | np.isnan(qty), "Quantity", "invalid_quantity", "Quantity is not a number")
     rejects.add(qty <= 0, "Quantity", "non_positive_quantity", lambda pos: [f"Quantity {qty[p]:g} is not positive" for p in pos])
+    rejects.add(quantity_out_of_range(qty), "Quantity", "quantity_out_of_range",
+                lambda pos: [f"Quantity {qty[p]:.0f} is out of range" for p in pos])
     price, price_bad, price_nan = parse_number(f["UnitPrice"])
     rejects.add(price_bad | price_nan | np.isnan(price), "UnitPrice", "invalid_price", "UnitPrice is not a number")
     rejects.add(price <= 0, "UnitPrice", "non_positive_price", lambda pos: [f"UnitPrice {price[p]:g} is not positive" for p in pos])
@@ -62,6 +66,8 @@ def read_frames(path: str | Path, *, encoding: str = "utf-8") -> LoadFrames:
                 lambda pos: [f"StockCode {code.iloc[p]!r} is a service or fee line, not a product" for p in pos])
     ts, bad_ts = parse_timestamp(f["InvoiceDate"])
     rejects.add(bad_ts | blank(f["InvoiceDate"]), "InvoiceDate", "invalid_timestamp", "InvoiceDate is not a timestamp")
+    implausible, implausible_detail = implausible_timestamps(ts)
+    rejects.add(implausible, "InvoiceDate", "implausible_timestamp", lambda pos: implausible_detail(pos, "InvoiceDate"))
     reject_duplicate_rows(source, rejects, list(f.columns))
 
     customer = f["CustomerID"]

@@ -17,7 +17,8 @@ import numpy as np
 import pandas as pd
 
 from recsys.ingest.loaders.files import (
-    LoadFrames, RejectCollector, as_text, blank, parse_number, read_table,
+    LoadFrames, RejectCollector, as_text, blank, parse_number, quantity_out_of_range, read_table,
+    reject_unreadable_rows,
     reject_duplicate_rows, require_columns,
 )
 from recsys.ingest.loaders.generic import _purchase_frame
@@ -36,6 +37,7 @@ def read_frames(path: str | Path, *, encoding: str = "utf-8") -> LoadFrames:
     require_columns(source, COLUMNS, "Ta-Feng")
     f = source.frame
     rejects = RejectCollector(source, "purchase")
+    reject_unreadable_rows(source, rejects)
     for name, code in [("CUSTOMER_ID", "missing_user_id"), ("PRODUCT_ID", "missing_item_id"),
                        ("PRODUCT_SUBCLASS", "missing_category")]:
         rejects.add(blank(f[name]), name, code, f"{name} is empty")
@@ -46,6 +48,10 @@ def read_frames(path: str | Path, *, encoding: str = "utf-8") -> LoadFrames:
     rejects.add(amount_bad | amount_nan | np.isnan(amount), "AMOUNT", "invalid_quantity", "AMOUNT is not a number")
     rejects.add(amount <= 0, "AMOUNT", "non_positive_quantity",
                 lambda pos: [f"AMOUNT {amount[p]:g} is not positive" for p in pos])
+    rejects.add(amount != np.round(amount), "AMOUNT", "invalid_quantity",
+                lambda pos: [f"AMOUNT {amount[p]:g} is not a whole number" for p in pos])
+    rejects.add(quantity_out_of_range(amount), "AMOUNT", "quantity_out_of_range",
+                lambda pos: [f"AMOUNT {amount[p]:.0f} is out of range" for p in pos])
     sales, sales_bad, sales_nan = parse_number(f["SALES_PRICE"])
     rejects.add(sales_bad | sales_nan, "SALES_PRICE", "invalid_price", "SALES_PRICE is not a number")
     rejects.add(sales < 0, "SALES_PRICE", "negative_price",
