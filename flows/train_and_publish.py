@@ -8,6 +8,7 @@ Thin orchestration over recsys.jobs.pipeline; all the work is in the library.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 
@@ -17,6 +18,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.tasks import exponential_backoff
 
 from recsys.config import get_settings
+from recsys.errors import UserError
 from recsys.ingest.db import get_engine, is_transient
 from recsys.ingest.extract import extract_configured
 from recsys.jobs import pipeline
@@ -24,6 +26,33 @@ from recsys.jobs.report import run_report_markdown, table_rows
 from recsys.serving.registry import GateFailedError, Gates, alias_history, get_version, publish
 from recsys.serving.registry import promote as promote_version
 from recsys.serving.runlock import publish_lock
+
+
+SMALLEST_TRAINABLE = (
+    "The smallest trainable data: at least two purchase lines, and in the earlier 85% of them by time "
+    "(the rest is the test period) at least one basket -- one order, or one user's purchases within an "
+    "hour -- holding two different items, so that there are co-purchases to learn from. A useful model "
+    "needs thousands of purchases.")
+
+
+class NotEnoughDataError(UserError):
+    """The data is too small (or has no co-purchases) for the evaluation split or the walks."""
+
+
+_TOO_LITTLE = ("need at least 2 purchases to split", "no walks to train on")
+
+
+@contextlib.contextmanager
+def _data_size_errors(ds):
+    """The library's ValueErrors about too little data, as one paragraph for a person."""
+    try:
+        yield
+    except ValueError as exc:
+        if not any(text in str(exc) for text in _TOO_LITTLE):
+            raise
+        raise NotEnoughDataError(
+            f"Not enough data to train: {ds.n_purchases:,} purchase lines of {ds.n_items:,} items by "
+            f"{ds.n_users:,} users ({exc}). {SMALLEST_TRAINABLE}") from None
 
 
 def _retry_on_database_errors(task, task_run, state) -> bool:
@@ -47,17 +76,20 @@ def extract(database_url: str | None):
 @task(cache_policy=NO_CACHE)
 def evaluate(ds, config: pipeline.PipelineConfig):
     logger = get_run_logger()
-    report, eges = pipeline.run_evaluation(ds, config, log=logger.info)
+    with _data_size_errors(ds):
+        report, chosen = pipeline.run_evaluation(ds, config, log=logger.info)
     logger.info("evaluation:\n%s", report.to_table())
-    return report, eges
+    return report, chosen
 
 
 @task(cache_policy=NO_CACHE)
 def train(ds, config: pipeline.PipelineConfig, chosen_from):
-    rec = pipeline.train_final(ds, config, chosen_from=chosen_from, progress=True)
-    stats = rec.trained.stats
-    get_run_logger().info("trained EGES on all data: %s", json.dumps(stats, default=str))
-    return rec
+    with _data_size_errors(ds):
+        shipped = pipeline.train_final(ds, config, chosen_from=chosen_from, progress=True)
+    stats = shipped.eges.trained.stats
+    get_run_logger().info("trained EGES on all data: %s; blend %s", json.dumps(stats, default=str),
+                          json.dumps({k: shipped.choice[k] for k in ("half_life_share", "warm", "cold")}, default=str))
+    return shipped
 
 
 @task(cache_policy=NO_CACHE)
@@ -127,9 +159,9 @@ def train_and_publish(database_url: str | None = None, config: dict | None = Non
             logger.info("data and config unchanged since version %s: nothing to train", existing)
             return {"version": existing, "promoted": None, "cached": True, "stages": stages}
         with pipeline.timed(stages, "evaluate"):
-            report, eges_of_split = evaluate(ds, cfg)
+            report, chosen_on_split = evaluate(ds, cfg)
         with pipeline.timed(stages, "train"):
-            rec = train(ds, cfg, eges_of_split)
+            rec = train(ds, cfg, chosen_on_split)
         metrics = pipeline.shipped_metrics(report)
         with pipeline.timed(stages, "compress+publish"):
             version = compress_and_publish(rec, ds, cfg, metrics, database_url,

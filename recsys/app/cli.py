@@ -12,7 +12,7 @@ from pathlib import Path
 import click
 
 from recsys.app.cli_serving import register as register_serving_commands
-from recsys.app.common import database_option, engine_for, fail, user_errors
+from recsys.app.common import database_option, engine_for, fail, quiet_expected_flow_errors, set_debug, user_errors
 from recsys.errors import UserError
 
 DATASETS = ("tafeng", "online-retail")
@@ -20,8 +20,10 @@ DATASETS = ("tafeng", "online-retail")
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="recsys")
-def main():
+@click.option("--debug", is_flag=True, help="Print tracebacks (ours and Prefect's) before an error message.")
+def main(debug):
     """Item embeddings (EGES) and a similar-items index from your shop's Postgres."""
+    set_debug(debug)
     os.environ.setdefault("DO_NOT_TRACK", "1")
     # the temporary Prefect server of a one-off run must not phone home
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
@@ -286,10 +288,13 @@ def diagnose(quick, seed, json_out, database_url):
 @click.option("--wait-for-lock", default="0", show_default=True, callback=_duration,
               help="If another run is publishing, wait this long (e.g. 30m) instead of exiting.")
 @click.option("--seed", default=0, show_default=True)
+@click.option("--deterministic", is_flag=True,
+              help="Bit-identical reruns on the same data: one CPU thread for training, FAISS and torch "
+                   "(slower; same as --threads 1 plus single-threaded FAISS and torch).")
 @database_option
 @user_errors
 def train(force, dim, epochs, threads, max_queries, all_rows, min_warm_recall, min_cold_recall, max_drop, wait_for_lock,
-          seed, database_url):
+          seed, deterministic, database_url):
     """Run the train-and-publish flow once, now.
 
     Extract, evaluate against the baselines, train EGES on all data, compress,
@@ -298,6 +303,9 @@ def train(force, dim, epochs, threads, max_queries, all_rows, min_warm_recall, m
     from flows.train_and_publish import train_and_publish
     from recsys.recommenders.lineup import ROW_NAMES
 
+    if deterministic and threads and threads != 1:
+        raise UserError(f"--deterministic trains on one thread; drop --threads {threads}.")
+    _check_trainable(database_url)
     config = {"seed": seed, "evaluation": {"max_queries": max_queries}, "train": {}}
     if dim:
         config["train"]["dim"] = dim
@@ -305,13 +313,60 @@ def train(force, dim, epochs, threads, max_queries, all_rows, min_warm_recall, m
         config["train"]["epochs"] = epochs
     if threads:
         config["train"]["num_threads"] = threads
+    if deterministic:
+        _single_threaded()
+        config["train"]["num_threads"] = 1
     if all_rows:
         config["eval_rows"] = list(ROW_NAMES)
     gates = {"min_warm_recall_at_20": min_warm_recall, "min_cold_recall_at_20": min_cold_recall,
              "max_relative_drop": max_drop}
+    quiet_expected_flow_errors()
     result = train_and_publish(database_url=database_url, config=config, gates=gates, force=force,
                                wait_for_lock_s=float(wait_for_lock))
     _print_train_result(result)
+
+
+def _single_threaded() -> None:
+    """One thread for every numeric library the run uses: float sums in a fixed order."""
+    import faiss
+    import torch
+
+    faiss.omp_set_num_threads(1)
+    torch.set_num_threads(1)
+
+
+def _check_trainable(database_url) -> None:
+    """Before the flow starts: the database answers, has our schema, and holds enough purchases.
+
+    A one-off `recsys train` fails at once with one paragraph; a scheduled run retries an
+    unreachable database with backoff (flows/train_and_publish.py).
+    """
+    import sqlalchemy as sa
+
+    from flows.train_and_publish import SMALLEST_TRAINABLE
+    from recsys.config import get_settings
+    from recsys.ingest.extract import relation_name
+    from recsys.ingest.migrate import migrate
+
+    settings = get_settings(database_url=database_url)
+    engine = engine_for(database_url)
+    migrate(engine)
+    relation = relation_name(settings.purchases_relation)
+    try:
+        with engine.connect() as conn:
+            n = conn.execute(sa.text(f"SELECT count(*) FROM (SELECT 1 FROM {relation} LIMIT 2) x")).scalar()
+    except sa.exc.ProgrammingError as exc:
+        detail = str(getattr(exc, "orig", exc)).strip().splitlines()[0]
+        raise UserError(f"Cannot read the purchases relation {settings.purchases_relation!r} ({detail}). "
+                        "Check RECSYS_PURCHASES_RELATION, or unset it to use the loaded table.") from None
+    finally:
+        engine.dispose()
+    if n == 0:
+        raise UserError("The database has no purchases yet, so there is nothing to train on. Load some first: "
+                        "`recsys load --items ... --purchases ...` or `recsys load --dataset tafeng PATH`. "
+                        + SMALLEST_TRAINABLE)
+    if n < 2:
+        raise UserError("The database has 1 purchase line: too little to train on. " + SMALLEST_TRAINABLE)
 
 
 def _print_train_result(result: dict) -> None:

@@ -104,7 +104,8 @@ def register(main: click.Group) -> None:
             click.echo(f"  Note: {neighbors[0].why['note']}")
         _print_neighbors(neighbors)
         if len(neighbors) < k:
-            click.echo(f"  Only {len(neighbors)} item(s) match the filters.")
+            reason = getattr(neighbors, "reason", None)
+            click.echo(f"  {reason}" if reason else f"  Only {len(neighbors)} item(s) match the filters.")
 
     @main.command()
     @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
@@ -125,8 +126,14 @@ def register(main: click.Group) -> None:
             click.echo("No versions yet: run `recsys train` to train and publish one.")
             return
         click.echo(f"{'version':<30} {'kind':<5} {'status':<9} {'warm R@20':>9} {'cold R@20':>9}  aliases")
+        def recall(info, segment):  # "-" for a segment without queries (a 0.0000 there would be no measurement)
+            seg = (info.metrics or {}).get(segment)
+            if isinstance(seg, dict) and seg.get("n_queries") == 0:
+                return None
+            return info.recall_at(segment)
+
         for i in infos:
-            warm, cold = i.recall_at("warm"), i.recall_at("cold")
+            warm, cold = recall(i, "warm"), recall(i, "cold")
             click.echo(f"{i.version:<30} {i.kind:<5} {i.status:<9} "
                        f"{'-' if warm is None else f'{warm:.4f}':>9} {'-' if cold is None else f'{cold:.4f}':>9}  "
                        f"{', '.join(i.aliases)}")

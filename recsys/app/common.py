@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import functools
+import logging
 import sys
+import traceback
 
 import click
 import sqlalchemy as sa
@@ -10,6 +12,49 @@ import sqlalchemy as sa
 from recsys.config import get_settings
 from recsys.errors import UserError
 from recsys.ingest.db import get_engine
+
+
+_DEBUG = {"on": False}
+
+
+def set_debug(on: bool) -> None:
+    """`recsys --debug`: tracebacks are printed (ours and Prefect's) before the one-paragraph error."""
+    _DEBUG["on"] = bool(on)
+
+
+def debug_enabled() -> bool:
+    return _DEBUG["on"]
+
+
+class ExpectedErrorFilter(logging.Filter):
+    """Drops Prefect's log records of an expected failure (a `UserError`: a run already in
+    progress, an unreachable database, too little data), which the CLI then prints as one
+    paragraph. Prefect logs such a failure three times with two tracebacks ("Task run failed
+    with exception", "Encountered exception during execution", "Finished in state Failed").
+    Any other exception keeps its records and traceback."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen_expected = False
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, UserError):
+            self.seen_expected = True
+            return False
+        if self.seen_expected and str(record.msg).startswith("Finished in state Failed"):
+            return False
+        return True
+
+
+def quiet_expected_flow_errors() -> ExpectedErrorFilter | None:
+    """Install ExpectedErrorFilter on Prefect's run loggers (not under --debug)."""
+    if debug_enabled():
+        return None
+    expected = ExpectedErrorFilter()
+    for name in ("prefect.flow_runs", "prefect.task_runs"):
+        logging.getLogger(name).addFilter(expected)
+    return expected
 
 
 def fail(message: str, code: int = 2) -> None:
@@ -25,8 +70,12 @@ def user_errors(func):
         try:
             return func(*args, **kwargs)
         except UserError as exc:
+            if debug_enabled():
+                traceback.print_exc()
             fail(str(exc))
         except sa.exc.OperationalError as exc:
+            if debug_enabled():
+                traceback.print_exc()
             detail = str(getattr(exc, "orig", exc)).strip().splitlines()[0]
             fail(f"The database failed during the command ({detail}). Nothing was changed by the interrupted "
                   "step; check the server and run the command again.")

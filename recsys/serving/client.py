@@ -125,6 +125,7 @@ class _Snapshot:
         self.cold_scorer = Scorer.from_dict(parts.scorers.get("cold", parts.scorers["warm"]))
         self.can_cold_start = bool(self.feature_names) and self.model.config.get("mode") != "bge"
         self.masks: dict[tuple, np.ndarray] = {}
+        self.graph = parts.graph  # the shipped ranking's re-ranking evidence (None: a format-1 bundle)
 
     # -- explanations ---------------------------------------------------------
     def attention_of(self, pos: int) -> dict:
@@ -190,6 +191,8 @@ class _Filters:
         if self.min_price is not None and self.max_price is not None and self.min_price > self.max_price:
             raise ValueError(f"min_price {self.min_price} is above max_price {self.max_price}")
         if self.price_ratio is not None:
+            if isinstance(self.price_ratio, (str, bytes)) or not hasattr(self.price_ratio, "__len__"):
+                raise ValueError(f"price_ratio must be a pair (lo, hi) such as (0.5, 2.0), got {self.price_ratio!r}")
             ratio = tuple(self.price_ratio)
             if len(ratio) != 2 or not all(isinstance(r, (int, float)) and math.isfinite(r) and r >= 0 for r in ratio) \
                     or ratio[0] > ratio[1]:
@@ -330,13 +333,18 @@ class Client:
                             price_ratio).validate()
                    if (exclude or in_stock_only or same_category is not None or same_brand is not None
                        or min_price is not None or max_price is not None or price_ratio is not None) else None)
-        return _run(snap, [_item_query(snap, item_id)], _check_k(k), filters)[0]
+        k = _check_k(k)
+        return _finish(snap, _run(snap, [_item_query(snap, item_id)], k, filters)[0], k, filters)
 
     def similar_batch(self, item_ids: Sequence[str], k: int = 10, **filters) -> list[list[Neighbor]]:
         """`similar` for many items: one index search per filter group (one without relative filters)."""
+        if isinstance(item_ids, (str, bytes)):
+            raise TypeError(f"similar_batch takes a list of item ids, got the string {item_ids!r}; "
+                            f"use similar({item_ids!r}) for one item, or similar_batch([{item_ids!r}])")
         snap = self._snapshot
         queries = [_item_query(snap, item_id) for item_id in item_ids]
-        return _run(snap, queries, _check_k(k), _filters(filters))
+        k, checked = _check_k(k), _filters(filters)
+        return [_finish(snap, result, k, checked) for result in _run(snap, queries, k, checked)]
 
     def similar_to_new_item(self, category: str | None = None, brand: str | None = None, price: float | None = None,
                             k: int = 10, *, exclude: Sequence[str] = (), in_stock_only: bool = False,
@@ -353,7 +361,34 @@ class Client:
         query = _new_item_query(snap, category, brand, price, extra_side_features)
         filters = _Filters(_ids(exclude), in_stock_only, same_category, same_brand, min_price, max_price,
                            price_ratio).validate()
-        return _run(snap, [query], _check_k(k), filters)[0]
+        k = _check_k(k)
+        return _finish(snap, _run(snap, [query], k, filters)[0], k, filters)
+
+
+class NeighborList(list):
+    """The results of one query (a list of Neighbor); `reason` says why there are fewer than k."""
+
+    reason: str | None = None
+
+
+def _finish(snap: "_Snapshot", neighbors: list, k: int, filters) -> NeighborList:
+    """Prices as written (the bundle stores float32: 12.98, not 12.979999542236328), and the reason
+    for a short result."""
+    out = NeighborList(neighbors)
+    for n in out:
+        if n.price is not None:
+            n.price = float(str(np.float32(n.price)))
+    if len(out) < k:
+        active = filters is not None and any(
+            getattr(filters, name) not in (None, False, ()) for name in _Filters.__dataclass_fields__)
+        if active:
+            out.reason = (f"Only {len(out)} item(s) of version {snap.version} match the filters"
+                          + (": no item does." if not out else "."))
+        else:
+            out.reason = (f"Only {len(out)} item(s): version {snap.version} has no other items with a trained "
+                          "vector to return (items bought only after training, or never, are not returned "
+                          "as neighbours).")
+    return out
 
 
 def _ids(exclude) -> tuple:
@@ -405,8 +440,9 @@ def _new_item_query(snap: _Snapshot, category, brand, price, extras: dict) -> _Q
     if unexpected:
         raise ValueError(f"unknown side feature(s) {unexpected}; this version knows "
                          f"{known_extras or 'no extra side features'} besides category, brand and price")
-    if price is not None and not (isinstance(price, (int, float)) and (math.isnan(price) or price >= 0)):
-        raise ValueError(f"price must be a number >= 0, got {price!r}")
+    if price is not None and (isinstance(price, bool) or not isinstance(price, (int, float))
+                              or not math.isfinite(price) or price < 0):
+        raise ValueError(f"price must be a finite number >= 0 (or None when unknown), got {price!r}")
     given = {"category": category, "brand": brand, **extras}
     unknown: dict[str, str] = {}
     codes = []
@@ -502,11 +538,43 @@ def _run(snap: _Snapshot, queries: list[_Query], k: int, filters: _Filters | Non
             vectors = snap.cold_scorer.query_matrix(cold_start_vectors(snap.model, codes))
             index, extra = snap.cold_index, 0
         n_search = min(k + extra, snap.n_rows)
-        scores, rows = index.search(vectors, n_search, allowed=masks[key])
+        if snap.graph is None:
+            scores, rows = index.search(vectors, n_search, allowed=masks[key])
+        else:
+            anchors = [queries[i].pos if warm else queries[i].category for i in members]
+            scores, rows = _blended_search(snap, index, vectors, np.asarray(anchors, np.int64), warm, n_search,
+                                           masks[key])
         scores, rows = np.asarray(scores).tolist(), np.asarray(rows).tolist()
         for j, qi in enumerate(members):
             results[qi] = _neighbors(snap, queries[qi], scores[j], rows[j], k)
     return results  # type: ignore[return-value]
+
+
+def _blended_search(snap: _Snapshot, index, vectors: np.ndarray, anchors: np.ndarray, warm: bool, n: int,
+                    allowed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """The shipped ranking (recsys/blend.py): the index's pool plus each anchor's co-purchases, re-ranked."""
+    graph = snap.graph
+    blend = graph.warm if warm else graph.cold
+    lists = graph.item_partners if warm else graph.category_partners
+    extra = 1 if warm else 0  # a warm query's own item comes back from the index
+    _, pool = index.search(vectors, min(max(n, blend.pool + extra), snap.n_rows), allowed=allowed)
+    partners = lists.padded(anchors) if blend.uses_copurchases else np.zeros((len(anchors), 0), np.int64)
+    if allowed is not None and partners.size:
+        partners = np.where((partners >= 0) & allowed[np.maximum(partners, 0)], partners, -1)
+    candidates = np.sort(np.concatenate([pool, partners], axis=1), axis=1)
+    candidates[:, 1:][candidates[:, 1:] == candidates[:, :-1]] = -1  # each candidate once
+    valid = candidates >= 0
+    safe = np.maximum(candidates, 0)
+    query_category = snap.category[anchors] if warm else anchors
+    same = (snap.row_category[safe] == query_category[:, None]) & (query_category[:, None] > 0)
+    scores = blend.score(index.score_candidates(vectors, candidates), graph.log_popularity[safe],
+                         lists.lookup(anchors, candidates), same)
+    scores = np.where(valid, scores, -np.inf)
+    take = min(n, candidates.shape[1])
+    top = np.argsort(-scores, axis=1, kind="stable")[:, :take]
+    rows = np.take_along_axis(candidates, top, 1)
+    scores = np.take_along_axis(scores, top, 1)
+    return scores, np.where(np.isfinite(scores), rows, -1)
 
 
 def _neighbors(snap: _Snapshot, query: _Query, scores: list[float], rows: list[int], k: int) -> list[Neighbor]:

@@ -2,17 +2,22 @@
 
 The lock is held on a dedicated connection for the whole run, so it is released
 by Postgres itself if the process dies; a second run waits up to `wait_s`
-seconds and then exits with a clear message.
+seconds and then exits with a clear message. An unreachable database is retried
+with exponential backoff before the run gives up (the first thing a run does is
+take this lock, so this is where a scheduled run meets a database that is down).
 """
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 
 import sqlalchemy as sa
 
-from recsys.errors import UserError
-from recsys.ingest.db import get_engine
+from recsys.errors import DatabaseUnavailableError, UserError
+from recsys.ingest.db import check_connection, get_engine
+
+log = logging.getLogger(__name__)
 
 PUBLISH_LOCK_KEY = 0x5EC5_0003
 
@@ -21,9 +26,28 @@ class RunInProgressError(UserError):
     """Another run holds the publish lock."""
 
 
+def _connect_with_backoff(settings, engine, retries: int, backoff_s: float, sleep=time.sleep):
+    """An engine that answers; an unreachable server is retried `retries` times after
+    backoff_s, 2*backoff_s, 4*backoff_s ... seconds (wrong credentials are not retried)."""
+    for attempt in range(retries + 1):
+        try:
+            if engine is None:
+                return get_engine(settings)
+            check_connection(engine)
+            return engine
+        except DatabaseUnavailableError as exc:
+            if attempt == retries or "cannot be reached" not in str(exc):
+                raise
+            delay = backoff_s * 2 ** attempt
+            log.warning("database unreachable (attempt %d of %d), retrying in %.0f s", attempt + 1, retries + 1,
+                        delay)
+            sleep(delay)
+
+
 @contextlib.contextmanager
-def publish_lock(settings, wait_s: float = 0.0, poll_s: float = 1.0, engine=None):
-    engine = engine or get_engine(settings)
+def publish_lock(settings, wait_s: float = 0.0, poll_s: float = 1.0, engine=None, connect_retries: int = 3,
+                 backoff_s: float = 2.0):
+    engine = _connect_with_backoff(settings, engine, connect_retries, backoff_s)
     conn = engine.connect()
     try:
         deadline = time.monotonic() + max(0.0, wait_s)
