@@ -18,8 +18,10 @@ from recsys.evaluation.protocol import EvalConfig, Recommender
 from recsys.recommenders.baselines import (BoughtTogetherRecommender, CategoryPopularityRecommender,
                                            ItemCFRecommender, MatrixFactorizationRecommender,
                                            PopularityRecommender)
+from recsys.recommenders.classic import EASERecommender, RP3betaRecommender
 from recsys.recommenders.compressed import CompressedRecommender
 from recsys.recommenders.eges import EGESRecommender, ScorerConfig
+from recsys.recommenders.lightgcn import LightGCNRecommender
 from recsys.serving.index import IndexConfig
 
 SHIPPED_ROW = "EGES+PQ"  # the ranking a published version serves; the promotion gates read it
@@ -55,6 +57,9 @@ ROWS: tuple[Row, ...] = (
     Row("item-CF (cosine)", lambda s, _: ItemCFRecommender(s.evaluation.session_gap_s)),
     Row("matrix factorisation", lambda s, _: MatrixFactorizationRecommender(session_gap_s=s.evaluation.session_gap_s,
                                                                              seed=s.evaluation.seed)),
+    Row("RP3beta", lambda s, _: RP3betaRecommender(session_gap_s=s.evaluation.session_gap_s, seed=s.evaluation.seed), nightly=False),
+    Row("EASE", lambda s, _: EASERecommender(session_gap_s=s.evaluation.session_gap_s, seed=s.evaluation.seed), nightly=False),
+    Row("LightGCN", lambda s, _: LightGCNRecommender(session_gap_s=s.evaluation.session_gap_s, seed=s.evaluation.seed), nightly=False),
     Row("BGE", lambda s, _: _embedding(s, "bge", "BGE"), nightly=False),
     Row("GES", lambda s, _: _embedding(s, "ges", "GES"), nightly=False),
     Row("EGES", lambda s, _: _embedding(s, "eges", "EGES")),
