@@ -1,4 +1,5 @@
-"""Weekly flow: the graph-readiness report (is a graph method worth it on this data?) as an artifact."""
+"""Weekly flow: the graph-readiness report as an artifact: LightGCN and BGE against matrix factorisation
+(a warm Recall@20 lift over 3% justifies the graph pipeline), with the purchase graph's structure as context."""
 from __future__ import annotations
 
 from prefect import flow, get_run_logger, task
@@ -26,5 +27,5 @@ def diagnose_flow(database_url: str | None = None, compare_methods: bool = True,
     text = report.to_text()
     get_run_logger().info("%s", text)
     create_markdown_artifact(key="graph-readiness", markdown="# Graph readiness\n\n```\n" + text + "\n```\n",
-                             description="recsys diagnose: is a graph method worth it on this data?")
+                             description="recsys diagnose: does a graph method beat matrix factorisation by more than 3% Recall@20?")
     return report.to_dict()

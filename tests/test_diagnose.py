@@ -5,9 +5,11 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
-from recsys.recommenders.baselines import BoughtTogetherRecommender, PopularityRecommender
+from recsys.recommenders.baselines import BoughtTogetherRecommender, ItemCFRecommender, PopularityRecommender
 from recsys.data.dataset import from_frames
-from recsys.jobs.diagnose import DiagnoseConfig, DiagnoseReport, diagnose, latapy_clustering, verdict_text
+from recsys.jobs.diagnose import (COMPARED_ROWS, DiagnoseConfig, DiagnoseReport, diagnose, latapy_clustering,
+                                  verdict_text)
+from recsys.recommenders.lineup import ROW_NAMES
 
 
 def biadjacency(pairs, shape):
@@ -84,30 +86,58 @@ def test_diagnose_on_community_graph():
     json.dumps(report.to_dict())
 
 
-def test_diagnose_compares_two_recommenders():
+def test_diagnose_compares_the_graph_methods_with_matrix_factorisation():
     ds = community_shop()
-    recs = [Renamed(PopularityRecommender(), "mf"), Renamed(BoughtTogetherRecommender(), "bge")]
+    recs = [Renamed(PopularityRecommender(), "mf"), Renamed(BoughtTogetherRecommender(), "lightgcn"),
+            Renamed(ItemCFRecommender(), "bge")]
     report = diagnose(ds, DiagnoseConfig(), recommenders=recs)
-    assert report.mf_recall_20 is not None and report.bge_recall_20 is not None
-    assert "BGE" in report.to_text()
+    assert None not in (report.mf_recall_20, report.lightgcn_recall_20, report.bge_recall_20)
+    assert set(report.gains) == {"LightGCN", "BGE"}
+    assert report.graph_gain == max(report.gains.values())
+    text = report.to_text()
+    assert "LightGCN" in text and "BGE" in text and "matrix factorisation" in text
     json.dumps(report.to_dict())
+    with pytest.raises(ValueError, match="recommenders must be"):
+        diagnose(ds, DiagnoseConfig(), recommenders=recs[:2])
 
 
-def make_report(mf, bge, clustering=0.05, cold=0.0):
+def test_the_compared_methods_are_lineup_rows():
+    assert COMPARED_ROWS[0] == "matrix factorisation"
+    assert set(COMPARED_ROWS) <= set(ROW_NAMES) and {"LightGCN", "BGE"} <= set(COMPARED_ROWS)
+
+
+def make_report(mf, lightgcn, bge, clustering=0.05, cold=0.0):
     return DiagnoseReport(n_users=1, n_items=1, n_edges=1, density=1.0, clustering_users=clustering,
                           clustering_items=clustering, clustering=clustering,
                           clustering_sampled={"users": 1, "items": 1}, user_degree={}, item_degree={},
                           never_bought_share=0.0, cold_item_share=cold, cold_line_share=0.0,
-                          mf_recall_20=mf, bge_recall_20=bge)
+                          mf_recall_20=mf, lightgcn_recall_20=lightgcn, bge_recall_20=bge)
 
 
-def test_verdict_uses_the_five_percent_margin():
-    assert "is worth it" in verdict_text(make_report(0.100, 0.106))
-    assert "not worth it" in verdict_text(make_report(0.100, 0.104))
-    assert "mostly random" in verdict_text(make_report(None, None, clustering=0.05))
-    assert "community structure" in verdict_text(make_report(None, None, clustering=0.4))
-    assert "cold start" in verdict_text(make_report(0.1, 0.2, cold=0.3))
-    assert make_report(0.0, 0.1).graph_gain == float("inf")
+def test_verdict_uses_the_three_percent_lift():
+    assert "is justified" in verdict_text(make_report(0.100, 0.1031, 0.090))
+    assert "not justified" in verdict_text(make_report(0.100, 0.1029, 0.090))
+    assert make_report(0.100, 0.1031, 0.090).graph_justified is True
+    assert make_report(0.100, 0.1029, 0.1029).graph_justified is False
+    # the better of the two graph methods decides
+    text = verdict_text(make_report(0.100, 0.090, 0.150))
+    assert "is justified: BGE beats" in text and "LightGCN -10.0%" in text
+    assert make_report(0.100, 0.090, 0.150).best_graph_method == "BGE"
+    assert make_report(0.100, 0.110, None).gains == {"LightGCN": pytest.approx(0.1)}
+    assert make_report(0.0, 0.1, 0.0).graph_gain == float("inf")
+
+
+def test_clustering_decides_only_without_the_comparison_and_says_it_is_weak():
+    # a random-looking graph with a large graph-method lift: the comparison decides
+    text = verdict_text(make_report(0.100, 0.120, 0.148, clustering=0.05))
+    assert "is justified" in text and "mostly random" in text and "weak heuristic" in text
+    text = verdict_text(make_report(0.100, 0.100, 0.100, clustering=0.4))
+    assert "not justified" in text and "community structure" in text
+    # --quick: the clustering heuristic is all there is, and the verdict says so
+    for clustering, structure in ((0.05, "mostly random"), (0.4, "community structure"), (0.2, "some structure")):
+        text = verdict_text(make_report(None, None, None, clustering=clustering))
+        assert text.startswith("Weak heuristic only") and structure in text and "justified" not in text
+    assert "cold start" in verdict_text(make_report(0.1, 0.2, 0.1, cold=0.3))
 
 
 def test_diagnose_rejects_empty_data():
