@@ -26,9 +26,11 @@ from recsys.evaluation.report import EvaluationReport
 from recsys.ingest.db import get_engine
 from recsys.config import get_settings
 from recsys.jobs.plots import bar_chart_svg, line_chart_svg
+from recsys.recommenders.blended import BlendConfig, BlendedRecommender
 from recsys.recommenders.eges import EGESRecommender, ScorerConfig
 from recsys.recommenders.lineup import NIGHTLY_ROWS, SHIPPED_ROW, build_rows
-from recsys.serving.bundle import BundleParts, parts_from_model
+from recsys.recommenders.compressed import CompressedRecommender
+from recsys.serving.bundle import BundleParts, GraphEvidence, parts_from_model
 from recsys.serving.index import IndexConfig
 from recsys.serving.registry import list_versions
 
@@ -44,6 +46,7 @@ class PipelineConfig:
     scoring: ScorerConfig = field(default_factory=ScorerConfig)
     graph: GraphConfig = field(default_factory=GraphConfig)
     index: IndexConfig = field(default_factory=IndexConfig)
+    blend: BlendConfig = field(default_factory=BlendConfig)
     evaluation: EvalConfig = field(default_factory=lambda: dataclasses.replace(NIGHTLY_EVALUATION))
     eval_rows: tuple[str, ...] = NIGHTLY_ROWS
 
@@ -66,8 +69,8 @@ class PipelineConfig:
             values = dict(spec.get(f.name) or {})
             if seed is not None and hasattr(default, "seed"):
                 values.setdefault("seed", seed)
-            if "ks" in values or "beta_grid" in values:  # JSON has lists; the configs hold tuples
-                values = {k: tuple(v) if k in ("ks", "beta_grid") else v for k, v in values.items()}
+            # JSON has lists; the configs hold tuples
+            values = {k: tuple(v) if k in ("ks", "beta_grid", "half_lives") else v for k, v in values.items()}
             parts[f.name] = dataclasses.replace(default, **values)
         return cls(**parts, eval_rows=tuple(spec.get("eval_rows") or NIGHTLY_ROWS))
 
@@ -86,27 +89,35 @@ def evaluation_rows(config: PipelineConfig) -> list:
     return build_rows(config.eval_rows, config)
 
 
-def run_evaluation(ds: Dataset, config: PipelineConfig, log=print) -> tuple[EvaluationReport, EGESRecommender | None]:
-    """The offline protocol on `ds`; returns (report, the fitted EGES recommender of the split)."""
+def run_evaluation(ds: Dataset, config: PipelineConfig, log=print) -> tuple[EvaluationReport, object | None]:
+    """The offline protocol on `ds`; returns (report, the row whose choices the final training reuses).
+
+    That row is the shipped blend when evaluated (its EGES scorers and its blend), else EGES.
+    """
     rows = evaluation_rows(config)
     report = evaluate(ds, rows, config.evaluation, log=log)
-    eges = next((r for r in rows if getattr(r, "name", "") == "EGES"), None)
-    return report, eges
+    by_name = {getattr(r, "name", ""): r for r in rows}
+    return report, by_name.get(SHIPPED_ROW) or by_name.get("EGES")
 
 
-def train_final(ds: Dataset, config: PipelineConfig, chosen_from=None, progress: bool = True):
-    """Train the shipped model on all purchases.
+def train_final(ds: Dataset, config: PipelineConfig, chosen_from=None, progress: bool = True) -> BlendedRecommender:
+    """Train the shipped model on all purchases: EGES, its compressed index's blend with co-purchases.
 
-    When the evaluation already chose the scorers on its validation split,
-    reuse that choice (one training instead of two).
+    When the evaluation already chose the scorers (and the blend) on its
+    validation split, reuse those choices (one training instead of two).
     """
     rec = EGESRecommender(dataclasses.replace(config.train, mode="eges"), config.scoring, name="EGES",
                           graph=config.graph, session_gap_s=config.evaluation.session_gap_s, progress=progress)
-    if chosen_from is not None and getattr(chosen_from, "warm_scorer", None) is not None:
-        rec.fit_with_scorers(ds, chosen_from.warm_scorer, chosen_from.cold_scorer)
+    eges_of_split = chosen_from.eges if isinstance(chosen_from, BlendedRecommender) else chosen_from
+    if eges_of_split is not None and getattr(eges_of_split, "warm_scorer", None) is not None:
+        rec.fit_with_scorers(ds, eges_of_split.warm_scorer, eges_of_split.cold_scorer)
     else:
         rec.fit(ds)
-    return rec
+    shipped = BlendedRecommender(CompressedRecommender(rec, config.index), config.blend, name=SHIPPED_ROW,
+                                 session_gap_s=config.evaluation.session_gap_s)
+    choice = chosen_from.choice if isinstance(chosen_from, BlendedRecommender) else None
+    shipped.prepare(ds, choice if choice is not None else shipped.choose(ds))
+    return shipped
 
 
 def shipped_metrics(report) -> dict:
@@ -117,14 +128,19 @@ def shipped_metrics(report) -> dict:
     return {**shipped, "rows": rows, "summary": table.get("summary", {}), "config": table.get("config", {})}
 
 
-def build_parts(rec: EGESRecommender, ds: Dataset, config: PipelineConfig, metrics: dict,
+def build_parts(shipped: BlendedRecommender, ds: Dataset, config: PipelineConfig, metrics: dict,
                 extra_notes: dict | None = None) -> BundleParts:
-    """The bundle of a fitted recommender: its model, its chosen scorers, the training plots."""
-    if rec.trained is None:
-        raise ValueError(f"{rec.name}: fit it before publishing")
+    """The bundle of the shipped model: EGES's model and scorers, the index, the blend, the training plots."""
+    rec = shipped.eges
+    if rec.trained is None or shipped.warm_blend is None:
+        raise ValueError(f"{shipped.name}: fit it before publishing")
     parts = parts_from_model(rec.trained, ds, rec.warm_scorer, rec.cold_scorer, log_popularity=rec.log_popularity,
                              index_config=config.index, metrics=metrics,
                              watermark=ds.watermark.as_dict() if ds.watermark else {})
+    parts.graph = GraphEvidence.from_positions(parts.items.index_row, shipped.warm_blend, shipped.cold_blend,
+                                               shipped.item_partners, shipped.category_partners, shipped.log_pop,
+                                               shipped.category_support, shipped.choice)
+    parts.validate()
     parts.notes.update(extra_notes or {})
     parts.extra_files.update(training_plots(rec.trained))
     return parts

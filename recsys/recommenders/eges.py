@@ -22,7 +22,7 @@ from recsys.embed.model import item_features
 from recsys.embed.train import TrainConfig, train_embeddings
 from recsys.embed.trained import TrainedModel
 from recsys.evaluation.metrics import score_query_variants
-from recsys.evaluation.protocol import EvalConfig, prepare
+from recsys.evaluation.protocol import EvalConfig, PreparedEvaluation, prepare
 from recsys.vectors import SCORER_KINDS, Scorer, log_popularity
 
 SCORER_SETTINGS = ("auto", *SCORER_KINDS)
@@ -96,6 +96,8 @@ class EGESRecommender:
         self.warm_scorer: Scorer | None = None
         self.cold_scorer: Scorer | None = None
         self.validation: dict = {}
+        # (the validation split, the model trained without its tail): what later choices are fitted on
+        self.validation_fit: tuple[PreparedEvaluation, TrainedModel] | None = None
 
     # -- training ------------------------------------------------------------
     def _train(self, ds: Dataset) -> TrainedModel:
@@ -110,7 +112,7 @@ class EGESRecommender:
         candidates = self.scoring.candidates()
         self.warm_scorer = next(c for c in candidates if _allowed(c, self.scoring.warm))
         self.cold_scorer = next(c for c in candidates if _allowed(c, self.scoring.cold))
-        self.trained, self.validation = None, {}
+        self.trained, self.validation, self.validation_fit = None, {}, None
         if len(candidates) > 1 and self.scoring.validation_fraction > 0:
             trained_on_part = self._choose_scorers(train, candidates)
             if not self.scoring.refit:
@@ -142,13 +144,23 @@ class EGESRecommender:
         trained = self._check_fitted()
         return trained.cold_vectors_from_codes(self._cold_codes[anchors][:, :len(trained.feature_names)])
 
+    def validation_config(self) -> EvalConfig:
+        """The protocol on the last `validation_fraction` of the training period (never the test period)."""
+        return EvalConfig(test_fraction=self.scoring.validation_fraction or 0.15, session_gap_s=self.session_gap_s,
+                          max_queries=self.scoring.validation_queries, seed=self.config.seed,
+                          include_link_prediction=False)
+
+    def validation_state(self, train: Dataset) -> tuple[PreparedEvaluation, TrainedModel]:
+        """(validation split of `train`, the model trained on the part before its tail), trained if needed."""
+        if self.validation_fit is None or self.validation_fit[0].split.train.n_items != train.n_items:
+            prep = prepare(train, self.validation_config())
+            self.validation_fit = (prep, self._train(prep.split.train))
+        return self.validation_fit
+
     def _choose_scorers(self, train: Dataset, candidates: list[Scorer]) -> TrainedModel:
         """Pick the warm and cold scorers on a validation tail; returns the model trained without it."""
-        evc = EvalConfig(test_fraction=self.scoring.validation_fraction, session_gap_s=self.session_gap_s,
-                         max_queries=self.scoring.validation_queries, seed=self.config.seed,
-                         include_link_prediction=False)
-        prep = prepare(train, evc)
-        trained = self._train(prep.split.train)
+        self.validation_fit = None
+        prep, trained = self.validation_state(train)
         log_pop = np.log1p(prep.popularity).astype(np.float32)
         codes = trained.item_feature_codes
         results: dict[str, dict[str, float]] = {"warm": {}, "cold": {}}

@@ -38,13 +38,16 @@ from typing import Any, Callable
 import numpy as np
 
 from recsys import vectors
+from recsys.blend import Blend, CoPurchases
 from recsys.jsonsafe import json_safe as _json_safe
 from recsys.serving.index import SimilarityIndex, build_scorer_indexes
 from recsys.serving.store import (BundleError, BundleExistsError, StepCallback, as_store, check_version_name,
                                   new_version_name, step)
 from recsys.vectors import Scorer
 
-FORMAT_VERSION = 1
+# 2: the shipped ranking's graph evidence (graph/, manifest "graph"); format 1 bundles (no graph/) still open
+FORMAT_VERSION = 2
+READABLE_FORMATS = (1, 2)
 MANIFEST = "manifest.json"
 # Every file of a bundle has one of these suffixes: arrays, JSON, FAISS binaries. No pickle.
 ALLOWED_SUFFIXES = (".npy", ".json", ".faiss", ".index", ".bin", ".svg")
@@ -140,9 +143,13 @@ class BundleParts:
     notes: dict = field(default_factory=dict)  # free-form, JSON-able (e.g. patch item counts)
     # report files stored beside the model (e.g. "plots/loss_curve.svg"); checksummed like the rest
     extra_files: dict[str, bytes] = field(default_factory=dict)
+    graph: GraphEvidence | None = None  # the re-ranking blend and its co-purchase lists (format 2)
 
     def validate(self) -> None:
         self.items.validate()
+        if self.graph is not None:
+            self.graph.validate(int((self.items.index_row >= 0).sum()), len(self.items),
+                                len(self.items.category_values))
         if "warm" not in self.indexes:
             raise ValueError("BundleParts.indexes needs a 'warm' index")
         if set(self.indexes) - {"warm", "cold"}:
@@ -161,6 +168,61 @@ class BundleParts:
                 raise ValueError(f"the {name} index holds {size} items but {n_indexed} items have an index_row")
         if self.items.feature_codes.shape[1] != len(self.model.feature_names):
             raise ValueError("ItemTable.feature_codes columns must match ModelTables.feature_names")
+
+
+@dataclass
+class GraphEvidence:
+    """What the shipped ranking re-ranks with (recsys/blend.py): the blends and the co-purchase lists.
+
+    item_partners: anchors = item positions, partners = index rows; category_partners: anchors =
+    category codes; log_popularity: per index row.
+    """
+
+    warm: Blend
+    cold: Blend
+    item_partners: CoPurchases
+    category_partners: CoPurchases
+    log_popularity: np.ndarray  # float32 (n_indexed,)
+    category_support: np.ndarray  # float32 (n_categories,): log(1 + purchase lines of the category's items)
+    choice: dict = field(default_factory=dict)  # how the blend was chosen (candidates, validation numbers)
+
+    def validate(self, n_indexed: int, n_items: int, n_categories: int) -> None:
+        for name, lists, anchors in (("item_partners", self.item_partners, n_items),
+                                     ("category_partners", self.category_partners, n_categories)):
+            if lists.n_candidates != n_indexed:
+                raise ValueError(f"GraphEvidence.{name} numbers {lists.n_candidates} candidates, the index {n_indexed}")
+            if lists.n_anchors > anchors:
+                raise ValueError(f"GraphEvidence.{name} has {lists.n_anchors} anchors, more than {anchors}")
+            if len(lists.items) and (lists.items.min() < 0 or lists.items.max() >= n_indexed):
+                raise ValueError(f"GraphEvidence.{name} lists partners outside the index")
+        if len(self.category_support) > n_categories:
+            raise ValueError(f"GraphEvidence.category_support has {len(self.category_support)} rows, more than "
+                             f"{n_categories} categories")
+        if len(self.log_popularity) != n_indexed:
+            raise ValueError(f"GraphEvidence.log_popularity has {len(self.log_popularity)} rows, expected {n_indexed}")
+
+    @classmethod
+    def from_positions(cls, index_row: np.ndarray, warm: Blend, cold: Blend, item_partners: CoPurchases,
+                       category_partners: CoPurchases, log_popularity: np.ndarray, category_support: np.ndarray,
+                       choice: dict) -> "GraphEvidence":
+        """From lists whose partners are item positions (as evaluation computes them) to index rows."""
+        index_row = np.asarray(index_row, np.int64)
+        n_indexed = int((index_row >= 0).sum())
+        pos_of_row = np.empty(n_indexed, np.int64)
+        pos_of_row[index_row[index_row >= 0]] = np.flatnonzero(index_row >= 0)
+        return cls(warm, cold, item_partners.remap(index_row, n_indexed), category_partners.remap(index_row, n_indexed),
+                   np.asarray(log_popularity, np.float32)[pos_of_row], np.asarray(category_support, np.float32),
+                   _json_safe(choice))
+
+    def manifest_entry(self) -> dict:
+        return {"warm": self.warm.to_dict(), "cold": self.cold.to_dict(), "choice": self.choice,
+                "bytes": self.item_partners.nbytes + self.category_partners.nbytes + int(self.log_popularity.nbytes)
+                + int(self.category_support.nbytes)}
+
+
+GRAPH_ARRAYS = ("graph/item_indptr.npy", "graph/item_partners.npy", "graph/item_weight.npy",
+                "graph/category_indptr.npy", "graph/category_partners.npy", "graph/category_weight.npy",
+                "graph/log_popularity.npy", "graph/category_support.npy")
 
 
 def _index_size(index) -> int | None:
@@ -318,6 +380,14 @@ def _fill(parts: BundleParts, version: str, on_step: StepCallback | None) -> Cal
             arrays[f"model/side_table.{j}.npy"] = model.side_tables[name].astype(np.float32)
         if model.cold_map is not None:
             arrays["model/cold_map.npy"] = model.cold_map.astype(np.float32)
+        if parts.graph is not None:
+            g = parts.graph
+            for prefix, lists in (("graph/item", g.item_partners), ("graph/category", g.category_partners)):
+                arrays[f"{prefix}_indptr.npy"] = lists.indptr.astype(np.int64)
+                arrays[f"{prefix}_partners.npy"] = lists.items.astype(np.int32)
+                arrays[f"{prefix}_weight.npy"] = lists.weight.astype(np.float16)  # log weights: 3 digits do
+            arrays["graph/log_popularity.npy"] = g.log_popularity.astype(np.float16)
+            arrays["graph/category_support.npy"] = g.category_support.astype(np.float32)
         for rel, array in arrays.items():
             _save_array(folder / rel, array)
             step(on_step, f"wrote {rel}")
@@ -361,6 +431,7 @@ def _fill(parts: BundleParts, version: str, on_step: StepCallback | None) -> Cal
                            "side_features": len(model.feature_names)},
             "metrics": parts.metrics,
             "notes": parts.notes,
+            "graph": parts.graph.manifest_entry() if parts.graph is not None else None,
             "files": files,
         }
         body = _json_safe(body)
@@ -426,9 +497,10 @@ def read_manifest(path: str | Path) -> dict:
     body = {k: v for k, v in manifest.items() if k != "manifest_sha256"}
     if hashlib.sha256(_canonical_json(body)).hexdigest() != manifest["manifest_sha256"]:
         raise BundleCorruptError(path, MANIFEST, "checksum mismatch")
-    if manifest.get("format_version") != FORMAT_VERSION:
+    if manifest.get("format_version") not in READABLE_FORMATS:
         raise BundleError(f"Bundle {path} has format version {manifest.get('format_version')}; this recsys reads "
-                          f"format {FORMAT_VERSION}. Upgrade recsys or publish the version again.")
+                          f"formats {', '.join(map(str, READABLE_FORMATS))}. Upgrade recsys or publish the version "
+                          "again.")
     return manifest
 
 
@@ -494,10 +566,20 @@ def open_bundle(path: str | Path, verify: bool = True, index_class=None) -> Bund
             raise
         except Exception as exc:
             raise BundleCorruptError(path, f"index/{name}", f"cannot be loaded ({type(exc).__name__}: {exc})") from None
+    graph = None
+    if manifest.get("graph"):
+        n_indexed = int((items.index_row >= 0).sum())
+        lists = {prefix: CoPurchases(array(f"graph/{prefix}_indptr.npy"), array(f"graph/{prefix}_partners.npy"),
+                                     array(f"graph/{prefix}_weight.npy").astype(np.float32), n_indexed)
+                 for prefix in ("item", "category")}
+        entry = manifest["graph"]
+        graph = GraphEvidence(Blend.from_dict(entry["warm"]), Blend.from_dict(entry["cold"]), lists["item"],
+                              lists["category"], array("graph/log_popularity.npy").astype(np.float32),
+                              array("graph/category_support.npy"), entry.get("choice") or {})
     parts = BundleParts(items=items, model=model, indexes=indexes, scorers=manifest.get("scorers") or {},
                         metrics=manifest.get("metrics") or {}, watermark=manifest.get("data_watermark") or {},
                         kind=manifest.get("kind", "full"), parent_version=manifest.get("parent_version"),
-                        notes=manifest.get("notes") or {})
+                        notes=manifest.get("notes") or {}, graph=graph)
     try:
         parts.validate()
     except ValueError as exc:

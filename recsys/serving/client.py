@@ -567,8 +567,13 @@ def _blended_search(snap: _Snapshot, index, vectors: np.ndarray, anchors: np.nda
     safe = np.maximum(candidates, 0)
     query_category = snap.category[anchors] if warm else anchors
     same = (snap.row_category[safe] == query_category[:, None]) & (query_category[:, None] > 0)
+    if warm:
+        support = graph.log_popularity[snap.index_row[anchors]]
+    else:
+        known = (anchors > 0) & (anchors < len(graph.category_support))
+        support = np.where(known, graph.category_support[np.where(known, anchors, 0)], 0.0)
     scores = blend.score(index.score_candidates(vectors, candidates), graph.log_popularity[safe],
-                         lists.lookup(anchors, candidates), same)
+                         lists.lookup(anchors, candidates), same, support[:, None].astype(np.float32))
     scores = np.where(valid, scores, -np.inf)
     take = min(n, candidates.shape[1])
     top = np.argsort(-scores, axis=1, kind="stable")[:, :take]

@@ -462,6 +462,17 @@ class SimilarityIndex:
         out_s[out_i < 0] = -np.inf
         return out_s, out_i
 
+    def score_candidates(self, queries: np.ndarray, ids: np.ndarray) -> np.ndarray:
+        """(q, m) inner products of each query with its candidate rows (-1 = none: -inf), from the decoded
+        codes: what `search` re-scores its pool with."""
+        q = _as_matrix(queries, "queries", self.dim)
+        ids = np.asarray(ids, np.int64)
+        if ids.shape[0] != len(q) or ids.ndim != 2:
+            raise ValueError(f"ids must be (n_queries, m), got shape {ids.shape} for {len(q)} queries")
+        if ids.size and (ids.min() < -1 or ids.max() >= self.n_items):
+            raise ValueError(f"ids must be in 0..{self.n_items - 1} (or -1 as padding)")
+        return self._rescore(q, ids)
+
     def _filters(self, allowed, exclude, n_queries: int):
         mask = None
         if allowed is not None:

@@ -1,0 +1,167 @@
+"""The shipped ranking: the embedding's candidates re-ranked with the purchase graph's own evidence.
+
+For a query item a and a candidate b the served score is a linear blend
+
+    s(a, b) = w_emb * e(a, b) + w_pop * log(1 + pop_b) + w_co * c(a, b) + w_cat * [cat_a == cat_b]
+              + w_sup * c(a, b) * support(a)
+
+* e: the EGES scorer's inner product (what the index returns);
+* log(1 + pop_b): training purchase lines of b;
+* c: log(1 + time-decayed co-purchase weight of a and b), from the top-M
+  co-purchases kept per item (`CoPurchases`); for a query known only by its
+  side features (cold start) the top-M co-purchases of its category instead;
+* [cat_a == cat_b]: a shared category;
+* support(a): log(1 + purchases of a) (of its category's items, cold): counts
+  of a much bought item are firm evidence, those of a rare one noise, so the
+  weight of the co-purchase term grows with it.
+
+Only a pool is re-ranked: the index's best `pool` candidates plus the
+query's co-purchase list; everything else ranks below it. The weights,
+the decay half-life and the pool are chosen on a validation tail of the
+training period (`recsys/recommenders/blended.py`) and stored with the
+version; evaluation and the client compute the score with this module.
+Numpy only: serving imports it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+FEATURES = ("embedding", "popularity", "copurchase", "same_category", "copurchase_x_support")
+
+
+@dataclass(frozen=True)
+class Blend:
+    """Weights of one segment's blend (warm queries, or cold ones), in FEATURES order."""
+
+    weights: tuple[float, ...] = (1.0, 0.0, 0.0, 0.0, 0.0)
+    pool: int = 50  # embedding candidates re-ranked per query, besides its co-purchase list
+
+    def score(self, embedding: np.ndarray, log_pop: np.ndarray, copurchase: np.ndarray,
+              same_category: np.ndarray, support: np.ndarray) -> np.ndarray:
+        """Blended scores; `support` is per query, shaped (q, 1) to broadcast over its candidates."""
+        w = self.weights
+        return (w[0] * embedding + w[1] * log_pop + (w[2] + w[4] * support) * copurchase
+                + w[3] * same_category).astype(np.float32)
+
+    @property
+    def uses_copurchases(self) -> bool:
+        return self.weights[2] != 0.0 or self.weights[4] != 0.0
+
+    def to_dict(self) -> dict:
+        return {"weights": dict(zip(FEATURES, map(float, self.weights))), "pool": int(self.pool)}
+
+    @classmethod
+    def from_dict(cls, spec: dict) -> "Blend":
+        weights = spec["weights"]
+        return cls(tuple(float(weights.get(name, 0.0)) for name in FEATURES), int(spec.get("pool", 50)))
+
+
+@dataclass
+class CoPurchases:
+    """Top-M co-purchases per anchor as CSR: anchor r's partners are items[indptr[r]:indptr[r+1]],
+    sorted by partner, with their log(1 + decayed co-purchase weight) in `weight`.
+
+    Anchors are items (warm queries) or category codes (cold queries);
+    partners are candidate numbers (item positions in evaluation, index rows
+    in a bundle).
+    """
+
+    indptr: np.ndarray  # int64 (n_anchors + 1,)
+    items: np.ndarray  # int32 (nnz,)
+    weight: np.ndarray  # float32 (nnz,)
+    n_candidates: int
+
+    def __post_init__(self) -> None:
+        self.indptr = np.asarray(self.indptr, np.int64)
+        self.items = np.asarray(self.items, np.int32)
+        self.weight = np.asarray(self.weight, np.float32)
+        anchors = np.repeat(np.arange(len(self.indptr) - 1, dtype=np.int64), np.diff(self.indptr))
+        self._keys = anchors * self.n_candidates + self.items  # sorted: anchors ascending, partners within
+
+    @property
+    def n_anchors(self) -> int:
+        return len(self.indptr) - 1
+
+    def partners(self, anchor: int) -> np.ndarray:
+        if not 0 <= anchor < self.n_anchors:
+            return np.zeros(0, np.int32)
+        return self.items[self.indptr[anchor]:self.indptr[anchor + 1]]
+
+    def lookup(self, anchors: np.ndarray, candidates: np.ndarray) -> np.ndarray:
+        """(q, m) weights of candidates[q, j] for anchors[q]; 0 where not a listed partner (or -1 padding)."""
+        anchors = np.asarray(anchors, np.int64)
+        candidates = np.asarray(candidates, np.int64)
+        out = np.zeros(candidates.shape, np.float32)
+        if len(self._keys) == 0:
+            return out
+        ok = (candidates >= 0) & (anchors[:, None] >= 0) & (anchors[:, None] < self.n_anchors)
+        keys = anchors[:, None] * self.n_candidates + np.maximum(candidates, 0)
+        where = np.minimum(np.searchsorted(self._keys, keys), len(self._keys) - 1)
+        found = ok & (self._keys[where] == keys)
+        out[found] = self.weight[where[found]]
+        return out
+
+    def dense(self, anchors: np.ndarray) -> np.ndarray:
+        """(len(anchors), n_candidates) weights (evaluation scores every candidate)."""
+        anchors = np.asarray(anchors, np.int64)
+        out = np.zeros((len(anchors), self.n_candidates), np.float32)
+        for i, a in enumerate(anchors.tolist()):
+            if 0 <= a < self.n_anchors:
+                lo, hi = self.indptr[a], self.indptr[a + 1]
+                out[i, self.items[lo:hi]] = self.weight[lo:hi]
+        return out
+
+    def padded(self, anchors: np.ndarray) -> np.ndarray:
+        """(len(anchors), max list length) partners of each anchor, -1 padded."""
+        anchors = np.asarray(anchors, np.int64)
+        valid = (anchors >= 0) & (anchors < self.n_anchors)
+        safe = np.where(valid, anchors, 0)
+        lengths = np.where(valid, self.indptr[safe + 1] - self.indptr[safe], 0)
+        width = int(lengths.max(initial=0))
+        out = np.full((len(anchors), width), -1, np.int64)
+        if width:
+            cols = np.arange(width)
+            take = cols[None, :] < lengths[:, None]
+            idx = self.indptr[safe][:, None] + cols[None, :]
+            out[take] = self.items[idx[take]]
+        return out
+
+    def remap(self, new_number: np.ndarray, n_candidates: int) -> "CoPurchases":
+        """The same lists with partners renumbered (new_number[p], -1 = drop), e.g. positions -> index rows."""
+        mapped = np.asarray(new_number, np.int64)[self.items]
+        keep = mapped >= 0
+        anchors = np.repeat(np.arange(self.n_anchors), np.diff(self.indptr))[keep]
+        items, weight = mapped[keep], self.weight[keep]
+        order = np.lexsort((items, anchors))
+        indptr = np.zeros(self.n_anchors + 1, np.int64)
+        np.cumsum(np.bincount(anchors, minlength=self.n_anchors), out=indptr[1:])
+        return CoPurchases(indptr, items[order], weight[order], n_candidates)
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.indptr.nbytes + self.items.nbytes + self.weight.nbytes)
+
+
+def pool_mask(scores: np.ndarray, pool: int, partners: np.ndarray) -> np.ndarray:
+    """(q, n) bool: the `pool` best-scored columns of each row, plus its co-purchase partners (> 0)."""
+    q, n = scores.shape
+    mask = partners > 0
+    take = min(pool, n)
+    if take:
+        top = np.argpartition(-scores, take - 1, axis=1)[:, :take] if take < n else np.tile(np.arange(n), (q, 1))
+        np.put_along_axis(mask, top, True, axis=1)
+    return mask
+
+
+OUTSIDE_GAP = 1000.0  # below the pool by more than any popularity term of a blend: pool members stay first
+
+
+def rank_outside_pool(blended: np.ndarray, embedding: np.ndarray, in_pool: np.ndarray) -> np.ndarray:
+    """Dense scores where every pool member ranks above every other item, the rest by embedding score."""
+    low = np.where(in_pool, blended, np.inf).min(axis=1, keepdims=True)
+    low = np.where(np.isfinite(low), low, 0.0)
+    top = np.where(in_pool, -np.inf, embedding).max(axis=1, keepdims=True)
+    top = np.where(np.isfinite(top), top, 0.0)
+    return np.where(in_pool, blended, low - OUTSIDE_GAP - (top - embedding)).astype(np.float32)

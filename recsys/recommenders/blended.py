@@ -1,0 +1,325 @@
+"""The shipped row: EGES (as the compressed index serves it) re-ranked with co-purchases (`recsys/blend.py`).
+
+fit(train) fits the base row if needed, then chooses the blend on the
+EGES model's validation tail (the last `validation_fraction` of the
+training period, the split the scorer was chosen on; never the test
+period):
+
+1. for each candidate half-life of the co-purchase weights (none = plain
+   counts; or a share of the training period's span), the co-purchase lists
+   of the part before the tail;
+2. the blend weights fitted by a conditional logit over each validation
+   query's pool (softmax of the blended score over the pool, the query's
+   targets as the choices; convex, L-BFGS): warm queries on item
+   co-purchases, cold queries on their category's;
+3. the candidate with the best validation Recall@20 among those whose warm
+   coverage@20 reaches bought-together counts' on the same queries (no
+   collapse into a popularity list); every candidate's numbers are kept in
+   `self.choice["candidates"]` (the manifest records them).
+
+Then the co-purchase lists of the whole training period with the chosen
+half-life. With fewer than `min_cold_queries` cold validation queries, cold
+weights are fitted on warm validation anchors answered from their side
+features alone (the situation of a new product).
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.optimize import minimize
+
+from recsys.blend import Blend, CoPurchases, pool_mask, rank_outside_pool
+from recsys.data.cooccurrence import DAY_S, category_partners, copurchase_matrix, top_partners
+from recsys.data.dataset import Dataset
+from recsys.embed.model import item_features
+from recsys.embed.trained import TrainedModel
+from recsys.evaluation.metrics import score_queries, score_query_variants
+from recsys.evaluation.protocol import PreparedEvaluation, prepare
+from recsys.evaluation.queries import QuerySet
+from recsys.recommenders.compressed import CompressedRecommender
+from recsys.recommenders.eges import EGESRecommender
+from recsys.vectors import Scorer, log_popularity
+
+
+@dataclass
+class BlendConfig:
+    """How the shipped ranking's blend is chosen (the weights themselves are fitted)."""
+
+    top_m: int = 50  # co-purchase partners kept per item (and per category) in the bundle
+    pool: int = 50  # embedding candidates re-ranked per query, besides its co-purchase list
+    # half-lives of the co-purchase weights tried, as shares of the training period's span (None = no decay)
+    half_lives: tuple[float | None, ...] = (None, 0.5, 0.125)
+    # shares of the fitted blend's total popularity weight taken off (warm), tried on validation: the logit
+    # fits likelihood, and leans on popularity more than coverage allows
+    popularity_cuts: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5)
+    # validation queries the blend is fitted and measured on: coverage grows with the number of queries,
+    # and faster for item-specific lists, so it is compared on as many queries as the evaluation uses
+    validation_queries: int = 20000
+    l2: float = 1e-3  # ridge on the weights of the conditional logit
+    min_cold_queries: int = 100  # fewer real cold validation queries: fit cold weights on simulated ones
+    simulated_cold_queries: int = 3000
+
+    def validate(self) -> None:
+        for name in ("top_m", "pool", "min_cold_queries", "simulated_cold_queries", "validation_queries"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"BlendConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if not self.half_lives or any(h is not None and not 0 < h for h in self.half_lives):
+            raise ValueError(f"BlendConfig.half_lives must be shares > 0 or None, got {self.half_lives}")
+
+
+def _span_days(ds: Dataset) -> float:
+    t = ds.purchase_time
+    return max(1.0, (int(t.max()) - int(t.min())) / DAY_S) if len(t) else 1.0
+
+
+def _half_life_days(share: float | None, ds: Dataset) -> float | None:
+    return None if share is None else share * _span_days(ds)
+
+
+START = (1.0, 0.0, 0.0, 0.0, 0.0)  # the fit starts from the embedding's own ranking
+
+
+class _Segment:
+    """Dense blended scores of one segment (warm or cold) from an embedding scorer and co-purchase lists."""
+
+    def __init__(self, embed_fn, lists: CoPurchases, anchor_of, support: np.ndarray, category: np.ndarray,
+                 log_pop: np.ndarray, candidates: np.ndarray, blend: Blend, extra_pool: int):
+        self.embed_fn, self.lists, self.anchor_of, self.support = embed_fn, lists, anchor_of, support
+        self.category, self.log_pop, self.candidates, self.blend = category, log_pop, candidates, blend
+        self.extra_pool = extra_pool  # the anchor itself takes a place in a warm pool
+
+    def features(self, anchors: np.ndarray):
+        emb = np.asarray(self.embed_fn(anchors), np.float32)
+        emb_pool = np.where(self.candidates[None, :], emb, -np.inf)
+        co = self.lists.dense(self.anchor_of(anchors))
+        co[:, ~self.candidates] = 0.0
+        in_pool = pool_mask(emb_pool, self.blend.pool + self.extra_pool, co) & self.candidates[None, :]
+        same = (self.category[None, :] == self.category[anchors][:, None]) & (self.category[anchors][:, None] > 0)
+        support = self.support[self.anchor_of(anchors)][:, None]
+        return emb, co, same.astype(np.float32), support, in_pool
+
+    def scores(self, anchors: np.ndarray) -> np.ndarray:
+        emb, co, same, support, in_pool = self.features(anchors)
+        blended = self.blend.score(emb, self.log_pop[None, :], co, same, support)
+        return rank_outside_pool(blended, emb, in_pool)
+
+
+def fit_weights(features: list[np.ndarray], groups: np.ndarray, chosen: np.ndarray, l2: float,
+                start: tuple[float, ...]) -> tuple[float, ...]:
+    """Conditional logit: weights maximising sum_q mean_{t in targets_q} log softmax_pool(s)_t.
+
+    features: one (rows,) array per blend feature over all pool entries, grouped by query
+    (`groups` ascending); chosen: weight of each entry as a target (1 / number of targets in its pool).
+    """
+    x = np.stack(features, axis=1).astype(np.float64)
+    starts = np.flatnonzero(np.r_[True, groups[1:] != groups[:-1]])
+    per_group = np.add.reduceat(chosen, starts)
+    size = np.diff(np.r_[starts, len(groups)])
+
+    def loss(w):
+        s = x @ w
+        m = np.maximum.reduceat(s, starts)
+        e = np.exp(s - np.repeat(m, size))
+        z = np.add.reduceat(e, starts)
+        lse = np.log(z) + m
+        value = -(chosen @ s) + per_group @ lse + l2 * (w @ w)
+        p = e / np.repeat(z, size)
+        grad = -(chosen @ x) + (np.repeat(per_group, size) * p) @ x + 2 * l2 * w
+        return value, grad
+
+    result = minimize(loss, np.asarray(start, np.float64), jac=True, method="L-BFGS-B")
+    return tuple(float(v) for v in result.x)
+
+
+def _training_rows(segment: _Segment, queries: QuerySet, mask_anchor: bool, chunk: int = 512):
+    """Pool entries of the queries whose pool holds a target: features, query of each entry, target weight."""
+    feats: list[list[np.ndarray]] = [[], [], [], [], []]
+    groups, chosen = [], []
+    for lo in range(0, queries.n_queries, chunk):
+        hi = min(lo + chunk, queries.n_queries)
+        anchors = queries.anchors[lo:hi]
+        emb, co, same, support, in_pool = segment.features(anchors)
+        if mask_anchor:
+            in_pool[np.arange(hi - lo), anchors] = False
+        target = np.zeros_like(in_pool)
+        t_rows = np.repeat(np.arange(hi - lo), np.diff(queries.indptr[lo:hi + 1]))
+        target[t_rows, queries.targets[queries.indptr[lo]:queries.indptr[hi]]] = True
+        target &= in_pool
+        n_hit = target.sum(axis=1)
+        keep = in_pool & (n_hit > 0)[:, None]
+        q_idx, b_idx = np.nonzero(keep)
+        feats[0].append(emb[q_idx, b_idx])
+        feats[1].append(segment.log_pop[b_idx])
+        feats[2].append(co[q_idx, b_idx])
+        feats[3].append(same[q_idx, b_idx])
+        feats[4].append(co[q_idx, b_idx] * support[q_idx, 0])
+        groups.append(q_idx + lo)
+        chosen.append(np.where(target[q_idx, b_idx], 1.0 / np.maximum(n_hit[q_idx], 1), 0.0))
+    return [np.concatenate(f) for f in feats], np.concatenate(groups), np.concatenate(chosen)
+
+
+def _measure(segment: _Segment, queries: QuerySet, prep: PreparedEvaluation, mask_anchor: bool,
+             cuts: tuple[float, ...] = (0.0,), prior_beta: float = 0.0) -> dict[float, tuple[float, float]]:
+    """(Recall@20, coverage@20) per popularity cut, from one scoring pass over the queries."""
+    w = segment.blend.weights
+    total = max(0.0, w[0] * prior_beta + w[1])  # the blend's whole weight on log-popularity
+    log_pop = segment.log_pop
+    variants = {f"{c:g}": (None if c == 0 else (lambda raw, d=c * total: raw - d * log_pop[None, :])) for c in cuts}
+    out = score_query_variants(segment.scores, variants, queries, prep.columns, len(segment.candidates), (20,),
+                               mask_anchor=mask_anchor)
+    return {c: (float(out[f"{c:g}"].recall[20]), float(out[f"{c:g}"].coverage[20])) for c in cuts}
+
+
+def _cut(blend: Blend, cut: float, prior_beta: float) -> Blend:
+    w = blend.weights
+    total = max(0.0, w[0] * prior_beta + w[1])
+    return Blend((w[0], w[1] - cut * total, w[2], w[3]), blend.pool)
+
+
+class BlendedRecommender:
+    """EGES after compression, re-ranked with co-purchases: the ranking a published version serves."""
+
+    def __init__(self, base: CompressedRecommender, config: BlendConfig | None = None, name: str = "EGES+PQ+graph",
+                 session_gap_s: int = 3600):
+        self.base = base
+        self.config = config or BlendConfig()
+        self.config.validate()
+        self.name = name
+        self.session_gap_s = session_gap_s
+        self.choice: dict | None = None  # the chosen blends and half-life, with every candidate's numbers
+        self.warm_blend: Blend | None = None
+        self.cold_blend: Blend | None = None
+
+    @property
+    def eges(self) -> EGESRecommender:
+        return self.base.base
+
+    # -- choosing on the validation tail --------------------------------------------
+    def choose(self, train: Dataset) -> dict:
+        """Fit and pick the blend on the EGES model's validation tail (see the module docstring)."""
+        cfg = self.config
+        _, part = self.eges.validation_state(train)
+        prep = prepare(train, dataclasses.replace(self.eges.validation_config(), max_queries=cfg.validation_queries))
+        vtrain = prep.split.train
+        log_pop = log_popularity(vtrain.purchase_item, vtrain.n_items)
+        warm_items = prep.warm
+        category = vtrain.category.codes.astype(np.int64)
+        codes = item_features(vtrain, self.eges.config.n_price_tiers).codes[:, :len(part.feature_names)]
+        warm_fn, cold_fn = _embedding_scorers(part, self.eges.warm_scorer, self.eges.cold_scorer, log_pop, codes)
+        # bought-together counts on the same queries: the coverage bar
+        plain = copurchase_matrix(vtrain, self.session_gap_s, None)
+        counts_cov = _counts_coverage(plain, prep)
+        simulated = _simulated_cold(prep, cfg.simulated_cold_queries, self.eges.config.seed)
+        cold_queries = prep.cold_queries if prep.cold_queries.n_queries >= cfg.min_cold_queries else simulated
+        candidates = []
+        for share in cfg.half_lives:
+            days = _half_life_days(share, vtrain)
+            matrix = plain if days is None else copurchase_matrix(vtrain, self.session_gap_s, days)
+            items, cats = top_partners(matrix, cfg.top_m), category_partners(vtrain, matrix, cfg.top_m)
+            warm_seg = _Segment(warm_fn, items, lambda a: a, log_pop, category, log_pop, warm_items,
+                                Blend(pool=cfg.pool), 1)
+            warm_w = fit_weights(*_training_rows(warm_seg, prep.warm_queries, True), cfg.l2, START)
+            warm_seg.blend = Blend(warm_w, cfg.pool)
+            cold_seg = _Segment(cold_fn, cats, lambda a: category[a], category_support(vtrain), category, log_pop,
+                                warm_items, Blend(pool=cfg.pool), 0)
+            cold_w = fit_weights(*_training_rows(cold_seg, cold_queries, cold_queries is simulated), cfg.l2, START)
+            cold_seg.blend = Blend(cold_w, cfg.pool)
+            beta = self.eges.warm_scorer.beta if self.eges.warm_scorer.kind == "inout_prior" else 0.0
+            warm_measured = _measure(warm_seg, prep.warm_queries, prep, True, cfg.popularity_cuts, beta)
+            cold_r = (_measure(cold_seg, prep.cold_queries, prep, False)[0.0][0] if prep.cold_queries.n_queries
+                      else float("nan"))
+            for cut, (warm_r, warm_cov) in warm_measured.items():
+                candidates.append({"half_life_share": share, "half_life_days": days, "popularity_cut": cut,
+                                   "warm": _cut(warm_seg.blend, cut, beta).to_dict(),
+                                   "cold": cold_seg.blend.to_dict(), "warm_recall@20": warm_r,
+                                   "warm_coverage@20": warm_cov, "cold_recall@20": cold_r})
+        eligible = [c for c in candidates if c["warm_coverage@20"] >= counts_cov]
+        # none reaches the counts' coverage: the widest lists (popularity never takes over)
+        best = (max(eligible, key=lambda c: c["warm_recall@20"]) if eligible
+                else max(candidates, key=lambda c: c["warm_coverage@20"]))
+        return {"half_life_share": best["half_life_share"], "popularity_cut": best["popularity_cut"],
+                "warm": best["warm"], "cold": best["cold"],
+                "candidates": candidates, "bought_together_coverage@20": counts_cov,
+                "cold_fitted_on": ("cold validation queries" if cold_queries is prep.cold_queries else
+                                   "warm validation anchors answered from side features"),
+                "n_warm_queries": prep.warm_queries.n_queries, "n_cold_queries": cold_queries.n_queries}
+
+    # -- fitting ---------------------------------------------------------------
+    def fit(self, train: Dataset) -> None:
+        if self.base.warm_index is None:
+            self.base.fit(train)
+        self.prepare(train, self.choose(train))
+
+    def prepare(self, train: Dataset, choice: dict) -> None:
+        """The co-purchase lists of `train` for a chosen blend (no validation): scoring needs a fitted base."""
+        self.choice = choice
+        self.warm_blend = Blend.from_dict(self.choice["warm"])
+        self.cold_blend = Blend.from_dict(self.choice["cold"])
+        days = _half_life_days(self.choice["half_life_share"], train)
+        matrix = copurchase_matrix(train, self.session_gap_s, days)
+        self.item_partners = top_partners(matrix, self.config.top_m)
+        self.category_partners = category_partners(train, matrix, self.config.top_m)
+        self.log_pop = log_popularity(train.purchase_item, train.n_items)
+        self.category = train.category.codes.astype(np.int64)
+        self.candidates = np.asarray(self.eges.trained.item_counts) > 0  # the items a bundle indexes
+        self.category_support = category_support(train)
+        self._warm = _Segment(self.base.score_warm, self.item_partners, lambda a: a, self.log_pop, self.category,
+                              self.log_pop, self.candidates, self.warm_blend, 1)
+        self._cold = _Segment(self.base.score_cold, self.category_partners, lambda a: self.category[a],
+                              self.category_support, self.category, self.log_pop, self.candidates,
+                              self.cold_blend, 0)
+
+    def _check_fitted(self) -> None:
+        if self.warm_blend is None:
+            raise ValueError(f"{self.name}: call fit(train) before scoring")
+
+    def score_warm(self, anchors: np.ndarray) -> np.ndarray:
+        self._check_fitted()
+        return self._warm.scores(np.asarray(anchors, np.int64))
+
+    def score_cold(self, anchors: np.ndarray) -> np.ndarray:
+        self._check_fitted()
+        return self._cold.scores(np.asarray(anchors, np.int64))
+
+
+def category_support(ds: Dataset) -> np.ndarray:
+    """log(1 + purchase lines of each category's items), per category code (0 = missing: 0)."""
+    lines = np.bincount(ds.category.codes[ds.purchase_item].astype(np.int64), minlength=ds.category.cardinality)
+    lines[0] = 0
+    return np.log1p(lines).astype(np.float32)
+
+
+def _embedding_scorers(trained: TrainedModel, warm: Scorer, cold: Scorer, log_pop: np.ndarray, codes: np.ndarray):
+    warm_items = warm.item_matrix(trained.item_vectors, trained.context_vectors, log_pop)
+    cold_items = cold.item_matrix(trained.item_vectors, trained.context_vectors, log_pop)
+
+    def warm_fn(anchors):
+        return warm.query_matrix(trained.item_vectors[anchors]) @ warm_items.T
+
+    def cold_fn(anchors):
+        return cold.query_matrix(trained.cold_vectors_from_codes(codes[anchors])) @ cold_items.T
+
+    return warm_fn, cold_fn
+
+
+def _counts_coverage(counts, prep: PreparedEvaluation) -> float:
+    """Warm coverage@20 of bought-together counts on the validation queries."""
+    counts = counts.tocsr()
+    fn = lambda a: np.asarray(counts[a].toarray(), np.float32)  # noqa: E731
+    return float(score_queries(fn, prep.warm_queries, prep.columns, counts.shape[0], (20,),
+                               mask_anchor=True).coverage[20])
+
+
+def _simulated_cold(prep: PreparedEvaluation, n: int, seed: int) -> QuerySet:
+    """Warm validation queries, to be answered from the anchors' side features (cold-start practice)."""
+    q = prep.warm_queries
+    if q.n_queries <= n:
+        return q
+    keep = np.sort(np.random.default_rng(seed + 1).choice(q.n_queries, n, replace=False))
+    lengths = np.diff(q.indptr)[keep]
+    indptr = np.zeros(len(keep) + 1, np.int64)
+    np.cumsum(lengths, out=indptr[1:])
+    targets = np.concatenate([q.targets[q.indptr[i]:q.indptr[i + 1]] for i in keep]) if len(keep) else q.targets[:0]
+    return QuerySet(anchors=q.anchors[keep], indptr=indptr, targets=targets, n_available=q.n_available)

@@ -1,0 +1,165 @@
+"""The shipped ranking: co-purchase lists, the blend's fit, and the client serving what evaluation measured."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from recsys.blend import Blend, CoPurchases, pool_mask, rank_outside_pool
+from recsys.data.cooccurrence import DAY_S, basket_weights, copurchase_matrix, top_partners
+from recsys.data.synthetic import ShopConfig, generate_shop
+from recsys.embed.train import TrainConfig
+from recsys.jobs.pipeline import PipelineConfig, build_parts, train_final
+from recsys.recommenders.blended import BlendConfig, BlendedRecommender, fit_weights
+from recsys.recommenders.compressed import CompressedRecommender
+from recsys.recommenders.eges import EGESRecommender, ScorerConfig
+from recsys.serving.bundle import open_bundle, write_bundle
+from recsys.serving.client import Client
+from recsys.serving.index import IndexConfig
+from toy_data import make_dataset
+
+SMALL_TRAIN = TrainConfig(dim=16, walks_per_node=4, epochs=2, num_threads=1)
+SMALL_INDEX = IndexConfig(factory="SQ8", query_factory="SQ8", recall_queries=0)
+SMALL_BLEND = BlendConfig(validation_queries=2000, simulated_cold_queries=500)
+
+
+@st.composite
+def sparse_matrices(draw):
+    n_rows, n_cols = draw(st.integers(1, 8)), draw(st.integers(1, 12))
+    dense = np.array(draw(st.lists(st.lists(st.sampled_from([0.0, 0.0, 1.0, 2.0, 3.5]), min_size=n_cols,
+                                            max_size=n_cols), min_size=n_rows, max_size=n_rows)))
+    return sp.csr_matrix(dense), draw(st.integers(1, 5))
+
+
+@settings(max_examples=60, deadline=None)
+@given(sparse_matrices())
+def test_top_partners_keep_the_heaviest_and_every_view_agrees(case):
+    matrix, m = case
+    lists = top_partners(matrix, m)
+    dense = matrix.toarray()
+    anchors = np.arange(matrix.shape[0])
+    kept = lists.dense(anchors)
+    for r in anchors:
+        nonzero = np.flatnonzero(dense[r])
+        want = nonzero[np.lexsort((nonzero, -dense[r, nonzero]))][:m]
+        assert sorted(lists.partners(r).tolist()) == sorted(want.tolist())
+        np.testing.assert_allclose(kept[r, want], np.log1p(dense[r, want]), rtol=1e-6)
+    # lookup and padded lists say the same as the dense rows
+    cands = np.tile(np.arange(matrix.shape[1]), (len(anchors), 1))
+    np.testing.assert_allclose(lists.lookup(anchors, cands), kept)
+    padded = lists.padded(anchors)
+    for r in anchors:
+        assert sorted(padded[r][padded[r] >= 0].tolist()) == sorted(lists.partners(r).tolist())
+    # renumbering partners (positions -> index rows, dropping some) keeps the weights of those kept
+    new = np.where(np.arange(matrix.shape[1]) % 2 == 0, np.arange(matrix.shape[1]) // 2, -1)
+    remapped = lists.remap(new, int((new >= 0).sum()))
+    np.testing.assert_allclose(remapped.dense(anchors), kept[:, new >= 0])
+
+
+def test_recent_baskets_weigh_more_with_a_half_life():
+    # one two-item order a day, the same user
+    ds = make_dataset([(day * DAY_S, "u", [f"i{day % 3}", f"i{(day + 1) % 3}"]) for day in range(6)])
+    baskets = np.arange(ds.n_purchases) // 2
+    w = basket_weights(ds, baskets, half_life_days=2.0)
+    assert w[-1] == pytest.approx(1.0) and w[-3] == pytest.approx(0.5)  # two days older: half the weight
+    assert np.all(np.diff(w) > 0)
+    assert np.all(basket_weights(ds, baskets, None) == 1.0)
+    plain = copurchase_matrix(ds, baskets=baskets)
+    assert (plain != plain.T).nnz == 0 and plain.diagonal().sum() == 0
+
+
+def test_the_conditional_logit_finds_the_feature_that_marks_targets():
+    rng = np.random.default_rng(0)
+    n_queries, pool = 400, 30
+    groups = np.repeat(np.arange(n_queries), pool)
+    signal, noise = rng.normal(size=len(groups)), rng.normal(size=len(groups))
+    target = np.zeros(len(groups))
+    for q in range(n_queries):  # the target is the pool member with the best signal + noise
+        lo = q * pool
+        target[lo + np.argmax(signal[lo:lo + pool] + 0.5 * rng.normal(size=pool))] = 1.0
+    zeros = np.zeros_like(signal)
+    w = fit_weights([signal, noise, zeros, zeros, zeros], groups, target, 1e-3, (0.0,) * 5)
+    assert w[0] > 1.0 and abs(w[1]) < 0.3 * w[0]
+
+
+def test_pools_rank_first_and_the_rest_by_embedding():
+    emb = np.array([[3.0, 2.0, 1.0, 0.5, 0.1]], np.float32)
+    partners = np.array([[0, 0, 0, 0, 2.0]], np.float32)
+    in_pool = pool_mask(emb, 2, partners)
+    assert in_pool.tolist() == [[True, True, False, False, True]]
+    blended = Blend((0.0, 0.0, 1.0, 0.0, 0.0)).score(emb, np.zeros_like(emb), partners, np.zeros_like(emb),
+                                                     np.zeros((1, 1), np.float32))
+    ranked = rank_outside_pool(blended, emb, in_pool)
+    assert list(np.argsort(-ranked[0], kind="stable")) == [4, 0, 1, 2, 3]
+
+
+@pytest.fixture(scope="module")
+def shop():
+    return generate_shop(ShopConfig(seed=3, n_items=500, n_users=400, n_baskets=5000, n_categories=12))
+
+
+def test_the_blend_is_chosen_on_the_training_period_with_every_candidate_recorded(shop):
+    from recsys.evaluation.split import split_chronological
+
+    ds = shop.to_dataset()
+    train = split_chronological(ds, 0.15).train
+    eges = EGESRecommender(SMALL_TRAIN, ScorerConfig(validation_queries=500))
+    rec = BlendedRecommender(CompressedRecommender(eges, SMALL_INDEX), SMALL_BLEND)
+    with pytest.raises(ValueError, match="fit"):
+        rec.score_warm(np.array([0]))
+    rec.fit(train)
+    choice = rec.choice
+    assert len(choice["candidates"]) == len(SMALL_BLEND.half_lives) * len(SMALL_BLEND.popularity_cuts)
+    assert max(c["warm_recall@20"] for c in choice["candidates"]) > 0
+    chosen = [c for c in choice["candidates"] if c["warm"] == choice["warm"]]
+    assert len(chosen) == 1
+    eligible = [c for c in choice["candidates"] if c["warm_coverage@20"] >= choice["bought_together_coverage@20"]]
+    if eligible:  # the best recall among the candidates whose coverage reaches bought-together counts'
+        assert chosen[0]["warm_recall@20"] == max(c["warm_recall@20"] for c in eligible)
+    # the validation split lies inside the training period: the test period was never read
+    assert eges.validation_fit[0].split.train.n_purchases < train.n_purchases
+    scores = rec.score_warm(np.arange(5))
+    assert scores.shape == (5, ds.n_items) and np.isfinite(scores).all()
+
+
+def test_the_client_serves_the_ranking_the_evaluation_measured(shop, tmp_path):
+    ds = shop.to_dataset()
+    config = PipelineConfig(train=SMALL_TRAIN, scoring=ScorerConfig(validation_queries=500), index=SMALL_INDEX,
+                            blend=SMALL_BLEND)
+    shipped = train_final(ds, config, progress=False)
+    bundle = open_bundle(write_bundle(tmp_path, None, build_parts(shipped, ds, config, {})))
+    assert bundle.manifest["format_version"] == 2 and bundle.parts.graph is not None
+    assert bundle.manifest["graph"]["choice"]["candidates"]
+    client = Client(bundle)
+    shipped.base.fit(ds)  # the same index, for the dense ranking the evaluation scores with
+    snap = client._snapshot
+    warm = np.array([p for p in range(ds.n_items) if snap.index_row_list[p] >= 0][:60])
+    dense = shipped.score_warm(warm)
+    overlaps = []
+    for row, pos in zip(dense, warm):
+        row[pos] = -np.inf
+        row[~shipped.candidates] = -np.inf
+        want = {ds.item_ids[i] for i in np.argsort(-row, kind="stable")[:10]}
+        got = {n.item_id for n in client.similar(ds.item_ids[pos], k=10)}
+        overlaps.append(len(want & got) / 10)
+    assert np.mean(overlaps) >= 0.95
+    # batch == single, and a new item of a known category is answered from its category's co-purchases
+    batch = client.similar_batch([ds.item_ids[p] for p in warm[:5]], k=10)
+    assert [[n.item_id for n in r] for r in batch] == [[n.item_id for n in client.similar(ds.item_ids[p], k=10)]
+                                                       for p in warm[:5]]
+    category = ds.category.values[1]
+    cold = client.similar_to_new_item(category=category, k=10)
+    pos = next(p for p in range(ds.n_items) if ds.category.codes[p] == 1)
+    dense_cold = shipped.score_cold(np.array([pos]))[0]
+    dense_cold[~shipped.candidates] = -np.inf
+    want = {ds.item_ids[i] for i in np.argsort(-dense_cold, kind="stable")[:10]}
+    if all(c == 0 for c in snap.codes_list[pos][1:]):  # only the category known: the same query exactly
+        assert len(want & {n.item_id for n in cold}) >= 9
+    assert len(cold) == 10
+    # filters still hold with the co-purchase candidates in the pool
+    item = ds.item_ids[warm[0]]
+    same = client.similar(item, k=10, same_category=True)
+    assert same and all(n.category == snap.category_names[snap.position[item]] for n in same)
+    assert same[0].item_id not in [n.item_id for n in client.similar(item, k=10, exclude=[same[0].item_id])]
