@@ -18,13 +18,14 @@ from recsys.evaluation.protocol import EvalConfig, Recommender
 from recsys.recommenders.baselines import (BoughtTogetherRecommender, CategoryPopularityRecommender,
                                            ItemCFRecommender, MatrixFactorizationRecommender,
                                            PopularityRecommender)
+from recsys.recommenders.blended import BlendConfig, BlendedRecommender
 from recsys.recommenders.classic import EASERecommender, RP3betaRecommender
 from recsys.recommenders.compressed import CompressedRecommender
 from recsys.recommenders.eges import EGESRecommender, ScorerConfig
 from recsys.recommenders.lightgcn import LightGCNRecommender
 from recsys.serving.index import IndexConfig
 
-SHIPPED_ROW = "EGES+PQ"  # the ranking a published version serves; the promotion gates read it
+SHIPPED_ROW = "EGES+PQ+graph"  # the ranking a published version serves; the promotion gates read it
 
 
 class RowSettings(Protocol):
@@ -34,6 +35,7 @@ class RowSettings(Protocol):
     scoring: ScorerConfig
     graph: GraphConfig
     index: IndexConfig
+    blend: BlendConfig
     evaluation: EvalConfig
 
 
@@ -63,7 +65,10 @@ ROWS: tuple[Row, ...] = (
     Row("BGE", lambda s, _: _embedding(s, "bge", "BGE"), nightly=False),
     Row("GES", lambda s, _: _embedding(s, "ges", "GES"), nightly=False),
     Row("EGES", lambda s, _: _embedding(s, "eges", "EGES")),
-    Row(SHIPPED_ROW, lambda s, built: CompressedRecommender(built["EGES"], s.index, name=SHIPPED_ROW), needs=("EGES",)),
+    Row("EGES+PQ", lambda s, built: CompressedRecommender(built["EGES"], s.index, name="EGES+PQ"), needs=("EGES",)),
+    Row(SHIPPED_ROW, lambda s, built: BlendedRecommender(built["EGES+PQ"], s.blend, name=SHIPPED_ROW,
+                                                         session_gap_s=s.evaluation.session_gap_s),
+        needs=("EGES+PQ",)),
 )
 ROW_NAMES = tuple(r.name for r in ROWS)
 NIGHTLY_ROWS = tuple(r.name for r in ROWS if r.nightly)
@@ -75,9 +80,12 @@ def build_rows(names: Sequence[str], settings: RowSettings) -> list[Recommender]
     unknown = [n for n in names if n.lower() not in by_name]
     if unknown:
         raise ValueError(f"unknown evaluation rows {list(unknown)}; rows are: {', '.join(ROW_NAMES)}")
-    wanted = {n.lower() for n in names}
-    for name in list(wanted):
-        wanted.update(need.lower() for need in by_name[name].needs)
+    wanted, todo = set(), [n.lower() for n in names]
+    while todo:  # with the rows they reuse, and theirs
+        name = todo.pop()
+        if name not in wanted:
+            wanted.add(name)
+            todo += [need.lower() for need in by_name[name].needs]
     built: dict[str, Recommender] = {}
     for row in ROWS:
         if row.name.lower() in wanted:
