@@ -208,8 +208,18 @@ def test_unseen_values_map_to_missing_and_say_so(client):
     with pytest.raises(ValueError, match="no item of this version has the category"):
         client.similar_to_new_item(category="spaceships", same_category=True)
     with pytest.raises(ValueError, match="unknown side feature"):
-        client.similar_to_new_item(category="fruit", colour="red")
-    with pytest.raises(ValueError, match="price must be a number"):
+        client.similar_to_new_item(category="fruit", colour="red", strict=True)
+    ignored = client.similar_to_new_item(category="fruit", colour="red", k=5)
+    assert ignored[0].why["ignored_fields"] == ["colour"]
+    # a whole catalogue row: what is not a side feature of this version is ignored and named
+    row = {"item_id": "NEW-1", "category": "fruit", "brand": "never-seen", "price": "10.0", "title": "Kiwi",
+           "in_stock": True, "attributes": {"origin": "NZ"}}
+    from_row = client.similar_to_new_item(row, k=5)
+    assert [n.item_id for n in from_row] == [n.item_id for n in result]
+    assert from_row[0].why["ignored_fields"] == ["in_stock", "item_id", "origin", "title"]
+    with pytest.raises(ValueError, match="unknown side feature"):
+        client.similar_to_new_item(row, strict=True)
+    with pytest.raises(ValueError, match="price must be a finite number"):
         client.similar_to_new_item(category="fruit", price=-1.0)
 
 

@@ -35,7 +35,7 @@ import math
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -350,15 +350,22 @@ class Client:
                             k: int = 10, *, exclude: Sequence[str] = (), in_stock_only: bool = False,
                             same_category: bool | None = None, same_brand: bool | None = None,
                             min_price: float | None = None, max_price: float | None = None,
-                            price_ratio: tuple[float, float] | None = None,
+                            price_ratio: tuple[float, float] | None = None, strict: bool = False,
                             **extra_side_features) -> list[Neighbor]:
         """Items similar to a product known only by its side features (cold start).
 
         Unseen values map to "missing" and are listed in why["unknown_values"];
-        extra side features are passed by name (e.g. color="red").
+        extra side features are passed by name (e.g. color="red"). `category`
+        may also be a whole catalogue row (a mapping: category, brand, price,
+        any other columns, `attributes` as a dict): fields this version does
+        not know as side features (title, in_stock, created_at, ...) are
+        ignored and listed in why["ignored_fields"]; with strict=True they
+        raise ValueError instead.
         """
         snap = self._snapshot
-        query = _new_item_query(snap, category, brand, price, extra_side_features)
+        if isinstance(category, Mapping):
+            category, brand, price, extra_side_features = _catalogue_row(category, brand, price, extra_side_features)
+        query = _new_item_query(snap, category, brand, price, extra_side_features, strict)
         filters = _Filters(_ids(exclude), in_stock_only, same_category, same_brand, min_price, max_price,
                            price_ratio).validate()
         k = _check_k(k)
@@ -431,15 +438,35 @@ def _item_query(snap: _Snapshot, item_id) -> _Query:
                   snap.prices[pos], why)
 
 
-def _new_item_query(snap: _Snapshot, category, brand, price, extras: dict) -> _Query:
+def _catalogue_row(row: Mapping, brand, price, extras: dict) -> tuple:
+    """(category, brand, price, other fields) of a catalogue row; declared extras may sit in `attributes`."""
+    fields = dict(row)
+    attributes = fields.pop("attributes", None)
+    if isinstance(attributes, Mapping):
+        fields = {**attributes, **fields}
+    elif attributes is not None:
+        fields["attributes"] = attributes
+    category = fields.pop("category", None)
+    brand = fields.pop("brand", brand)
+    price = fields.pop("price", price)
+    if price is not None and not isinstance(price, (int, float)):
+        try:
+            price = float(price)  # Decimal from a database row, or a numeric string
+        except (TypeError, ValueError):
+            raise ValueError(f"price must be a number >= 0 (or None when unknown), got {price!r}") from None
+    return category, brand, price, {**fields, **extras}
+
+
+def _new_item_query(snap: _Snapshot, category, brand, price, extras: dict, strict: bool = False) -> _Query:
     if not snap.can_cold_start:
         raise UserError(f"Version {snap.version}'s model ({snap.model.config.get('mode')}) has no side-feature "
                         "embeddings, so it cannot describe new items; train with mode 'eges' or 'ges'.")
     known_extras = [n for n in snap.feature_names if n not in ("category", "brand", PRICE_TIER)]
     unexpected = sorted(set(extras) - set(known_extras))
-    if unexpected:
+    if unexpected and strict:
         raise ValueError(f"unknown side feature(s) {unexpected}; this version knows "
                          f"{known_extras or 'no extra side features'} besides category, brand and price")
+    extras = {name: value for name, value in extras.items() if name in known_extras}
     if price is not None and (isinstance(price, bool) or not isinstance(price, (int, float))
                               or not math.isfinite(price) or price < 0):
         raise ValueError(f"price must be a finite number >= 0 (or None when unknown), got {price!r}")
@@ -461,6 +488,8 @@ def _new_item_query(snap: _Snapshot, category, brand, price, extras: dict) -> _Q
             unknown[name] = value
     codes = tuple(codes)
     why = {"query": "side features (new item)", "query_attention": _side_weights(snap, codes)}
+    if unexpected:
+        why["ignored_fields"] = unexpected  # not side features of this version
     if unknown:
         why["unknown_values"] = unknown
         why["note"] = ("values this version never saw were treated as missing: "
