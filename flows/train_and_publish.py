@@ -20,19 +20,12 @@ from prefect.tasks import exponential_backoff
 from recsys.config import get_settings
 from recsys.errors import UserError
 from recsys.ingest.db import get_engine, is_transient
-from recsys.ingest.extract import extract_configured
+from recsys.ingest.extract import SMALLEST_TRAINABLE, extract_configured
 from recsys.jobs import pipeline
 from recsys.jobs.report import run_report_markdown, table_rows
 from recsys.serving.registry import GateFailedError, Gates, alias_history, get_version, publish
 from recsys.serving.registry import promote as promote_version
 from recsys.serving.runlock import publish_lock
-
-
-SMALLEST_TRAINABLE = (
-    "The smallest trainable data: at least two purchase lines, and in the earlier 85% of them by time "
-    "(the rest is the test period) at least one basket -- one order, or one user's purchases within an "
-    "hour -- holding two different items, so that there are co-purchases to learn from. A useful model "
-    "needs thousands of purchases.")
 
 
 class NotEnoughDataError(UserError):

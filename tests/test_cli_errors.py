@@ -80,7 +80,7 @@ def test_train_against_an_unreachable_database_is_one_paragraph(tmp_path):
     assert code == 2
     assert "Traceback" not in err + out and err.count("Error: ") == 1
     assert "cannot be reached" in err
-    assert seconds < 30  # before the flow (and its temporary Prefect server) starts
+    assert seconds < 15  # before the flow (and its temporary Prefect server) starts
     code, out, err, _ = run_cli("--debug", "train", env={"RECSYS_DATABASE_URL": UNREACHABLE})
     assert code == 2 and "Traceback" in err and "Error: " in err
 

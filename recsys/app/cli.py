@@ -27,6 +27,8 @@ def main(debug):
     os.environ.setdefault("DO_NOT_TRACK", "1")
     # the temporary Prefect server of a one-off run must not phone home
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    # the temporary server's first start (its own migrations) takes over Prefect's 20 s on a busy machine
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 
 
 @main.command()
@@ -300,12 +302,13 @@ def train(force, dim, epochs, threads, max_queries, all_rows, min_warm_recall, m
     Extract, evaluate against the baselines, train EGES on all data, compress,
     publish a version and promote it to production if the quality gates pass.
     """
+    if deterministic and threads and threads != 1:
+        raise UserError(f"--deterministic trains on one thread; drop --threads {threads}.")
+    _check_trainable(database_url)  # before importing prefect and torch: a clear answer in a second
+
     from flows.train_and_publish import train_and_publish
     from recsys.recommenders.lineup import ROW_NAMES
 
-    if deterministic and threads and threads != 1:
-        raise UserError(f"--deterministic trains on one thread; drop --threads {threads}.")
-    _check_trainable(database_url)
     config = {"seed": seed, "evaluation": {"max_queries": max_queries}, "train": {}}
     if dim:
         config["train"]["dim"] = dim
@@ -343,9 +346,8 @@ def _check_trainable(database_url) -> None:
     """
     import sqlalchemy as sa
 
-    from flows.train_and_publish import SMALLEST_TRAINABLE
     from recsys.config import get_settings
-    from recsys.ingest.extract import relation_name
+    from recsys.ingest.extract import SMALLEST_TRAINABLE, relation_name
     from recsys.ingest.migrate import migrate
 
     settings = get_settings(database_url=database_url)

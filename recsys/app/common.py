@@ -79,6 +79,14 @@ def user_errors(func):
             detail = str(getattr(exc, "orig", exc)).strip().splitlines()[0]
             fail(f"The database failed during the command ({detail}). Nothing was changed by the interrupted "
                   "step; check the server and run the command again.")
+        except RuntimeError as exc:
+            if "ephemeral Prefect API server" not in str(exc):
+                raise
+            if debug_enabled():
+                traceback.print_exc()
+            fail(f"Prefect's temporary server did not start in time ({exc}). Nothing was trained or published. "
+                 "Run the command again (the first start is the slowest), or start a server once with "
+                 "`prefect server start` and set PREFECT_API_URL=http://127.0.0.1:4200/api.")
         except KeyboardInterrupt:
             fail("Interrupted. Nothing half-written was kept (each step commits atomically).", code=130)
 

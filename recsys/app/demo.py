@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import shlex
 import time
 from pathlib import Path
 
@@ -73,8 +74,10 @@ def describe_neighbours(client, neighbours) -> list[str]:
     return lines
 
 
-def show_similar_items(engine, ds, database_url: str | None, echo=print, n_warm: int = 3, k: int = 5) -> None:
-    """Similar items for the most bought item of three different categories, and one new product."""
+def show_similar_items(engine, ds, database_url: str | None, echo=print, n_warm: int = 3, k: int = 5) -> list[str]:
+    """Similar items for the most bought item of three different categories, and one new product.
+
+    Returns the `recsys` commands that ask the same questions, with this shop's ids."""
     client = Client.from_registry(database_url=database_url)
     counts = np.bincount(ds.purchase_item, minlength=ds.n_items)
     picked, categories = [], set()
@@ -100,7 +103,7 @@ def show_similar_items(engine, ds, database_url: str | None, echo=print, n_warm:
         item = int(never[-1])
         category = ds.category.values[ds.category.codes[item]]
         brand = ds.brand.values[ds.brand.codes[item]] if ds.brand.codes[item] else None
-        price = float(ds.price[item]) if np.isfinite(ds.price[item]) else None
+        price = float(str(np.float32(ds.price[item]))) if np.isfinite(ds.price[item]) else None  # 12.98, not float32 noise
         extras = {sf.name: sf.values[sf.codes[item]] for sf in ds.extra_features if sf.codes[item]}
         label = f"new item {ds.item_ids[item]} (no purchases)"
     else:
@@ -113,6 +116,14 @@ def show_similar_items(engine, ds, database_url: str | None, echo=print, n_warm:
     for line in describe_neighbours(client, neighbours):
         echo(line)
     client.close()
+    new_item = " ".join([f"--category {shlex.quote(str(category))}"]
+                        + ([f"--brand {shlex.quote(str(brand))}"] if brand is not None else [])
+                        + ([f"--price {price:g}"] if price is not None else [])
+                        + [f"--feature {shlex.quote(f'{name}={value}')}" for name, value in extras.items()])
+    first = shlex.quote(str(ds.item_ids[picked[0]])) if picked else None
+    commands = ([f"recsys similar {first} -k 10", f"recsys similar {first} -k 10 --same-category --in-stock-only"]
+                if first else [])
+    return commands + [f"recsys similar {new_item} -k 10", "recsys versions", "recsys evaluate --max-queries 2000"]
 
 
 def run_demo(*, data: str = "synthetic", data_path: Path | None = None, seed: int = 0,
@@ -141,7 +152,9 @@ def run_demo(*, data: str = "synthetic", data_path: Path | None = None, seed: in
         echo(f"Published version {result['version']}: {status}.")
         echo(result["report"])
         echo("Stages (s): " + ", ".join(f"{k} {v:.1f}" for k, v in result["stages"].items()))
-    show_similar_items(engine, ds, url, echo=echo)
+    commands = show_similar_items(engine, ds, url, echo=echo)
     total = time.perf_counter() - started
     echo(f"\nDemo finished in {total:.0f} s (load {loaded - started:.0f} s, flow and queries "
-         f"{total - (loaded - started):.0f} s). Try: recsys similar ITEM_ID, recsys versions, recsys evaluate.")
+         f"{total - (loaded - started):.0f} s). Try next, with this shop's ids:")
+    for command in commands:
+        echo(f"  {command}")

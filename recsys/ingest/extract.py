@@ -23,6 +23,13 @@ from recsys.ingest.db import get_engine
 FAR_PAST = dt.datetime(1900, 1, 1, tzinfo=dt.timezone.utc)
 FAR_FUTURE = dt.datetime(9999, 1, 1, tzinfo=dt.timezone.utc)
 
+# what `recsys train` says when the data is too small (the CLI checks before the flow, the flow after extraction)
+SMALLEST_TRAINABLE = (
+    "The smallest trainable data: at least two purchase lines, and in the earlier 85% of them by time "
+    "(the rest is the test period) at least one basket -- one order, or one user's purchases within an "
+    "hour -- holding two different items, so that there are co-purchases to learn from. A useful model "
+    "needs thousands of purchases.")
+
 
 def _query(name: str) -> str:
     return resources.files("recsys.sql").joinpath(name).read_text(encoding="utf-8")
