@@ -312,3 +312,36 @@ def test_load_report_json_counts_identical_lines(cli, engine, tmp_path):
     report = json.loads(out_json.read_text())
     assert (report["identical_lines"], report["purchases_merged"], report["duplicate_lines"]) == (2, 2, "sum")
     assert report["accounted_rows"] == report["input_rows"] == 7
+
+
+# --- other exports a shop may send ---------------------------------------------------------------
+
+def test_crlf_quoted_newlines_and_a_tab_delimiter(engine, tmp_path):
+    crlf = write(tmp_path, "i.csv", 'item_id,category,title\r\nA,shoes,"two\r\nlines"\r\nB,hats,Cap\r\n')
+    report = load_frames(engine, read_frames(crlf, None))
+    assert (report.items_inserted, report.rejected_rows) == (2, 0)
+    assert items_in(engine)["A"].title == "two\r\nlines"
+    tabbed = write(tmp_path, "t.csv", "item_id\tcategory\tprice\nC\tshoes\t1.5\n")
+    for delimiter in (None, "tab", "\t"):
+        frames = read_frames(tabbed, None, delimiter=delimiter)
+        assert frames.items["item_id"].tolist() == ["C"] and frames.items["price"].tolist() == [1.5]
+
+
+def test_a_column_named_twice_and_an_unknown_encoding_are_file_errors(cli, engine, tmp_path):
+    before = table_counts(engine)
+    code, out = cli("load", "--items", write(tmp_path, "i.csv", "item_id,category,category\nA,x,y\n"))
+    assert code == 2 and "'category' twice" in out and "Traceback" not in out
+    code, out = cli("load", "--items", write(tmp_path, "j.csv", ITEMS), "--encoding", "klingon")
+    assert code == 2 and "not a known text encoding" in out
+    assert table_counts(engine) == before
+
+
+def test_parquet_string_dtype_columns(engine, tmp_path):
+    frame = pd.DataFrame({"item_id": pd.array(["A", " B ", None], dtype="string"),
+                          "category": pd.array(["x", "y", "z"], dtype="string"),
+                          "color": pd.array(["red", None, "blue"], dtype="string")})
+    frame.to_parquet(tmp_path / "items.parquet")
+    report = load_frames(engine, read_frames(tmp_path / "items.parquet", None, side_features=["color"]))
+    assert (report.items_inserted, report.rejected) == (2, {"missing_item_id": 1})
+    got = items_in(engine)
+    assert set(got) == {"A", "B"} and got["A"].attributes == {"color": "red"} and got["B"].attributes == {}

@@ -197,9 +197,11 @@ def read_table(path: str | Path, *, encoding: str = "utf-8", delimiter: str | No
         raise InputFileError(path, "is empty (0 bytes)", hint="Export the table again with a header row.")
     if decimal not in {".", ","}:
         raise InputFileError(path, f"--decimal {decimal!r} is not a decimal mark", hint="Use --decimal . or --decimal ,.")
+    if delimiter in {"\\t", "tab", "TAB"}:
+        delimiter = "\t"
     if delimiter is not None and (len(delimiter) != 1 or delimiter in {'"', "\n", "\r"}):
         raise InputFileError(path, f"--delimiter {delimiter!r} is not one character",
-                             hint="For example --delimiter ';' (use $'\\t' for a tab).")
+                             hint="For example --delimiter ';' (or --delimiter tab).")
     suffix = "".join(path.suffixes[-2:]).lower() if path.suffix.lower() in {".gz", ".zip"} else path.suffix.lower()
     sha = sha256_of(path)
     ragged, notes = {}, []
@@ -391,7 +393,8 @@ def parse_key_text(values: pd.Series, column: str) -> tuple[pd.Series, np.ndarra
     dtype = str(values.dtype)
     n = len(values)
     empty = blank(values) if not values.dtype == object else None
-    if values.dtype == object and pd.api.types.infer_dtype(values, skipna=True) in ("string", "empty"):
+    if (values.dtype == object and pd.api.types.infer_dtype(values, skipna=True) in ("string", "empty")) or (
+            values.dtype != object and pd.api.types.is_string_dtype(values)):
         return as_text(values), np.zeros(n, bool), lambda pos: []
     if pd.api.types.is_bool_dtype(values):
         bad = ~values.isna().to_numpy()

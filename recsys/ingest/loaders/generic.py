@@ -106,8 +106,8 @@ def _attributes(f: pd.DataFrame, extra: list[str]) -> tuple[list[str], np.ndarra
     bad, why = np.zeros(n, bool), {}
     if not extra:
         return ["{}"] * n, bad, lambda pos: []
-    all_text = all(f[c].dtype == object and pd.api.types.infer_dtype(f[c], skipna=True) in ("string", "empty")
-                   for c in extra)
+    all_text = all((f[c].dtype == object and pd.api.types.infer_dtype(f[c], skipna=True) in ("string", "empty"))
+                   or (f[c].dtype != object and pd.api.types.is_string_dtype(f[c])) for c in extra)
     out = []
     if all_text:
         attrs = f[extra].astype("string").apply(lambda s: s.str.strip())
