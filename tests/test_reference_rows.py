@@ -189,11 +189,12 @@ def test_the_rows_are_in_the_lineup_but_not_nightly():
     assert [r.name for r in recs] == ["RP3beta", "EASE", "LightGCN"]
 
 
-def test_lightgcn_on_the_user_item_graph(shop_split):
+def test_lightgcn_on_the_basket_item_graph(shop_split):
     ds, prep = shop_split
-    rec = small_lightgcn(unit="user", epochs=5)
+    rec = small_lightgcn(unit="basket", epochs=5)
     rec.fit(prep.split.train)
-    assert rec.fit_stats["unit"] == "user" and rec.fit_stats["n_rows"] == int(prep.split.train.purchase_user.max()) + 1
+    assert rec.fit_stats["unit"] == "basket"
+    assert rec.fit_stats["n_rows"] == basket_item_matrix(prep.split.train).shape[0]
     assert len(rec.fit_stats["loss"]) == 5 and rec.fit_stats["loss"][-1] < rec.fit_stats["loss"][0]
     scores = rec.score_warm(np.flatnonzero(prep.warm)[:4])
     assert scores.shape == (4, ds.n_items) and np.isfinite(scores).all()
