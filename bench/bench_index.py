@@ -146,6 +146,8 @@ def client_latency(index, args) -> dict:
     parts = B.BundleParts(items=items, model=model, indexes={"warm": index},
                           scorers={"warm": {"kind": "inout_prior", "beta": 0.3}}, metrics={},
                           watermark={"n_items": n})
+    if not args.no_graph:
+        parts.graph = random_graph_evidence(n, len(categories), rng, top_m=args.top_m)
     root = tempfile.mkdtemp(prefix="bench-index-bundle-")
     try:
         client = Client.open(B.write_bundle(root, None, parts))
@@ -167,9 +169,30 @@ def client_latency(index, args) -> dict:
     finally:
         shutil.rmtree(root, ignore_errors=True)
     ms = lambda xs, p: round(1e3 * float(np.percentile(xs, p)), 4)
-    return {"client_similar_p50_ms": ms(single, 50), "client_similar_p99_ms": ms(single, 99),
+    return {"client_graph": not args.no_graph, "top_m": args.top_m,
+            "client_similar_p50_ms": ms(single, 50), "client_similar_p99_ms": ms(single, 99),
             "client_similar_batch_1000_s": round(batch_s, 4),
             "client_new_item_p50_ms": ms(new, 50), "client_new_item_p99_ms": ms(new, 99)}
+
+
+def random_graph_evidence(n: int, n_categories: int, rng, top_m: int = 100):
+    """The shipped ranking's re-ranking evidence with full lists: top_m partners per item and category, every
+    blend weight non-zero (the client's slowest path)."""
+    from recsys.blend import Blend, CoPurchases
+    from recsys.serving.bundle import GraphEvidence
+
+    def lists(n_anchors: int) -> CoPurchases:
+        partners = np.sort(rng.integers(0, n, (n_anchors, top_m)), axis=1)
+        partners[:, 1:][partners[:, 1:] == partners[:, :-1]] = -1
+        keep = partners >= 0
+        indptr = np.zeros(n_anchors + 1, np.int64)
+        np.cumsum(keep.sum(axis=1), out=indptr[1:])
+        weight = rng.gamma(1.0, 1.0, keep.sum()).astype(np.float32)
+        return CoPurchases(indptr, partners[keep], weight, n)
+
+    blend = Blend((0.6, -0.2, 0.4, 0.3, 0.05, 0.1), pool=100)
+    return GraphEvidence(blend, blend, lists(n), lists(n_categories), rng.gamma(2.0, 1.0, n).astype(np.float32),
+                         rng.gamma(8.0, 1.0, n_categories).astype(np.float32), {})
 
 
 def main() -> None:
@@ -186,6 +209,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0, help="FAISS OpenMP threads (0 = FAISS default)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-client", action="store_true", help="skip the bundle + Client measurements")
+    parser.add_argument("--no-graph", action="store_true",
+                        help="client without the shipped ranking's co-purchase re-ranking (format-1 path)")
+    parser.add_argument("--top-m", type=int, default=100, help="co-purchase partners per item in the bundle")
     print(json.dumps(run(parser.parse_args())))
 
 

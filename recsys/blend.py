@@ -3,7 +3,7 @@
 For a query item a and a candidate b the served score is a linear blend
 
     s(a, b) = w_emb * e(a, b) + w_pop * log(1 + pop_b) + w_co * c(a, b) + w_cat * [cat_a == cat_b]
-              + w_sup * c(a, b) * support(a)
+              + w_sup * c(a, b) * support(a) + w_pc * log(1 + pop_b) * [c(a, b) > 0]
 
 * e: the EGES scorer's inner product (what the index returns);
 * log(1 + pop_b): training purchase lines of b;
@@ -13,7 +13,9 @@ For a query item a and a candidate b the served score is a linear blend
 * [cat_a == cat_b]: a shared category;
 * support(a): log(1 + purchases of a) (of its category's items, cold): counts
   of a much bought item are firm evidence, those of a rare one noise, so the
-  weight of the co-purchase term grows with it.
+  weight of the co-purchase term grows with it;
+* log(1 + pop_b) * [c(a, b) > 0]: popularity among the items bought with a
+  (a popular partner) weighs differently from popularity alone (a bestseller).
 
 Only a pool is re-ranked: the index's best `pool` candidates plus the
 query's co-purchase list; everything else ranks below it. The weights,
@@ -28,26 +30,27 @@ from dataclasses import dataclass
 
 import numpy as np
 
-FEATURES = ("embedding", "popularity", "copurchase", "same_category", "copurchase_x_support")
+FEATURES = ("embedding", "popularity", "copurchase", "same_category", "copurchase_x_support",
+            "popularity_x_copurchased")
 
 
 @dataclass(frozen=True)
 class Blend:
     """Weights of one segment's blend (warm queries, or cold ones), in FEATURES order."""
 
-    weights: tuple[float, ...] = (1.0, 0.0, 0.0, 0.0, 0.0)
+    weights: tuple[float, ...] = (1.0, 0.0, 0.0, 0.0, 0.0, 0.0)
     pool: int = 50  # embedding candidates re-ranked per query, besides its co-purchase list
 
     def score(self, embedding: np.ndarray, log_pop: np.ndarray, copurchase: np.ndarray,
               same_category: np.ndarray, support: np.ndarray) -> np.ndarray:
         """Blended scores; `support` is per query, shaped (q, 1) to broadcast over its candidates."""
         w = self.weights
-        return (w[0] * embedding + w[1] * log_pop + (w[2] + w[4] * support) * copurchase
+        return (w[0] * embedding + (w[1] + w[5] * (copurchase > 0)) * log_pop + (w[2] + w[4] * support) * copurchase
                 + w[3] * same_category).astype(np.float32)
 
     @property
     def uses_copurchases(self) -> bool:
-        return self.weights[2] != 0.0 or self.weights[4] != 0.0
+        return self.weights[2] != 0.0 or self.weights[4] != 0.0 or self.weights[5] != 0.0
 
     def to_dict(self) -> dict:
         return {"weights": dict(zip(FEATURES, map(float, self.weights))), "pool": int(self.pool)}

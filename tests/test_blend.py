@@ -80,7 +80,7 @@ def test_the_conditional_logit_finds_the_feature_that_marks_targets():
         lo = q * pool
         target[lo + np.argmax(signal[lo:lo + pool] + 0.5 * rng.normal(size=pool))] = 1.0
     zeros = np.zeros_like(signal)
-    w = fit_weights([signal, noise, zeros, zeros, zeros], groups, target, 1e-3, (0.0,) * 5)
+    w = fit_weights([signal, noise, zeros, zeros, zeros, zeros], groups, target, 1e-3, (0.0,) * 6)
     assert w[0] > 1.0 and abs(w[1]) < 0.3 * w[0]
 
 
@@ -89,7 +89,7 @@ def test_pools_rank_first_and_the_rest_by_embedding():
     partners = np.array([[0, 0, 0, 0, 2.0]], np.float32)
     in_pool = pool_mask(emb, 2, partners)
     assert in_pool.tolist() == [[True, True, False, False, True]]
-    blended = Blend((0.0, 0.0, 1.0, 0.0, 0.0)).score(emb, np.zeros_like(emb), partners, np.zeros_like(emb),
+    blended = Blend((0.0, 0.0, 1.0, 0.0, 0.0, 0.0)).score(emb, np.zeros_like(emb), partners, np.zeros_like(emb),
                                                      np.zeros((1, 1), np.float32))
     ranked = rank_outside_pool(blended, emb, in_pool)
     assert list(np.argsort(-ranked[0], kind="stable")) == [4, 0, 1, 2, 3]
@@ -163,3 +163,12 @@ def test_the_client_serves_the_ranking_the_evaluation_measured(shop, tmp_path):
     same = client.similar(item, k=10, same_category=True)
     assert same and all(n.category == snap.category_names[snap.position[item]] for n in same)
     assert same[0].item_id not in [n.item_id for n in client.similar(item, k=10, exclude=[same[0].item_id])]
+
+
+def test_a_popularity_cut_lowers_only_the_popularity_weight():
+    from recsys.recommenders.blended import _cut
+
+    blend = Blend((0.8, 0.2, 0.5, 0.3, 0.05, 0.1), pool=60)
+    cut = _cut(blend, 0.5, prior_beta=0.5)  # total popularity weight 0.8 * 0.5 + 0.2 = 0.6
+    assert cut.weights == pytest.approx((0.8, 0.2 - 0.3, 0.5, 0.3, 0.05, 0.1)) and cut.pool == 60
+    assert Blend.from_dict(cut.to_dict()) == cut

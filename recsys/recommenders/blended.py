@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.optimize import minimize
 
-from recsys.blend import Blend, CoPurchases, pool_mask, rank_outside_pool
+from recsys.blend import FEATURES, Blend, CoPurchases, pool_mask, rank_outside_pool
 from recsys.data.cooccurrence import DAY_S, category_partners, copurchase_matrix, top_partners
 from recsys.data.dataset import Dataset
 from recsys.embed.model import item_features
@@ -47,8 +47,8 @@ from recsys.vectors import Scorer, log_popularity
 class BlendConfig:
     """How the shipped ranking's blend is chosen (the weights themselves are fitted)."""
 
-    top_m: int = 50  # co-purchase partners kept per item (and per category) in the bundle
-    pool: int = 50  # embedding candidates re-ranked per query, besides its co-purchase list
+    top_m: int = 100  # co-purchase partners kept per item (and per category) in the bundle
+    pool: int = 100  # embedding candidates re-ranked per query, besides its co-purchase list
     # half-lives of the co-purchase weights tried, as shares of the training period's span (None = no decay)
     half_lives: tuple[float | None, ...] = (None, 0.5, 0.125)
     # shares of the fitted blend's total popularity weight taken off (warm), tried on validation: the logit
@@ -57,6 +57,9 @@ class BlendConfig:
     # validation queries the blend is fitted and measured on: coverage grows with the number of queries,
     # and faster for item-specific lists, so it is compared on as many queries as the evaluation uses
     validation_queries: int = 20000
+    # coverage on validation queries overstates it on later ones by a few percent: the bar is raised as much
+    coverage_margin: float = 0.05
+    features: tuple[str, ...] = FEATURES  # the blend's features in use (recsys/blend.py); the others weigh 0
     l2: float = 1e-3  # ridge on the weights of the conditional logit
     min_cold_queries: int = 100  # fewer real cold validation queries: fit cold weights on simulated ones
     simulated_cold_queries: int = 3000
@@ -65,6 +68,10 @@ class BlendConfig:
         for name in ("top_m", "pool", "min_cold_queries", "simulated_cold_queries", "validation_queries"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"BlendConfig.{name} must be >= 1, got {getattr(self, name)}")
+        unknown = set(self.features) - set(FEATURES)
+        if unknown or "embedding" not in self.features:
+            raise ValueError(f"BlendConfig.features must name features of {FEATURES}, with 'embedding'; "
+                             f"got {self.features}")
         if not self.half_lives or any(h is not None and not 0 < h for h in self.half_lives):
             raise ValueError(f"BlendConfig.half_lives must be shares > 0 or None, got {self.half_lives}")
 
@@ -78,7 +85,7 @@ def _half_life_days(share: float | None, ds: Dataset) -> float | None:
     return None if share is None else share * _span_days(ds)
 
 
-START = (1.0, 0.0, 0.0, 0.0, 0.0)  # the fit starts from the embedding's own ranking
+START = (1.0, 0.0, 0.0, 0.0, 0.0, 0.0)  # the fit starts from the embedding's own ranking
 
 
 class _Segment:
@@ -135,7 +142,7 @@ def fit_weights(features: list[np.ndarray], groups: np.ndarray, chosen: np.ndarr
 
 def _training_rows(segment: _Segment, queries: QuerySet, mask_anchor: bool, chunk: int = 512):
     """Pool entries of the queries whose pool holds a target: features, query of each entry, target weight."""
-    feats: list[list[np.ndarray]] = [[], [], [], [], []]
+    feats: list[list[np.ndarray]] = [[], [], [], [], [], []]
     groups, chosen = [], []
     for lo in range(0, queries.n_queries, chunk):
         hi = min(lo + chunk, queries.n_queries)
@@ -155,6 +162,7 @@ def _training_rows(segment: _Segment, queries: QuerySet, mask_anchor: bool, chun
         feats[2].append(co[q_idx, b_idx])
         feats[3].append(same[q_idx, b_idx])
         feats[4].append(co[q_idx, b_idx] * support[q_idx, 0])
+        feats[5].append(segment.log_pop[b_idx] * (co[q_idx, b_idx] > 0))
         groups.append(q_idx + lo)
         chosen.append(np.where(target[q_idx, b_idx], 1.0 / np.maximum(n_hit[q_idx], 1), 0.0))
     return [np.concatenate(f) for f in feats], np.concatenate(groups), np.concatenate(chosen)
@@ -175,7 +183,7 @@ def _measure(segment: _Segment, queries: QuerySet, prep: PreparedEvaluation, mas
 def _cut(blend: Blend, cut: float, prior_beta: float) -> Blend:
     w = blend.weights
     total = max(0.0, w[0] * prior_beta + w[1])
-    return Blend((w[0], w[1] - cut * total, w[2], w[3]), blend.pool)
+    return Blend((w[0], w[1] - cut * total, *w[2:]), blend.pool)
 
 
 class BlendedRecommender:
@@ -220,11 +228,11 @@ class BlendedRecommender:
             items, cats = top_partners(matrix, cfg.top_m), category_partners(vtrain, matrix, cfg.top_m)
             warm_seg = _Segment(warm_fn, items, lambda a: a, log_pop, category, log_pop, warm_items,
                                 Blend(pool=cfg.pool), 1)
-            warm_w = fit_weights(*_training_rows(warm_seg, prep.warm_queries, True), cfg.l2, START)
+            warm_w = self._fit(_training_rows(warm_seg, prep.warm_queries, True))
             warm_seg.blend = Blend(warm_w, cfg.pool)
             cold_seg = _Segment(cold_fn, cats, lambda a: category[a], category_support(vtrain), category, log_pop,
                                 warm_items, Blend(pool=cfg.pool), 0)
-            cold_w = fit_weights(*_training_rows(cold_seg, cold_queries, cold_queries is simulated), cfg.l2, START)
+            cold_w = self._fit(_training_rows(cold_seg, cold_queries, cold_queries is simulated))
             cold_seg.blend = Blend(cold_w, cfg.pool)
             beta = self.eges.warm_scorer.beta if self.eges.warm_scorer.kind == "inout_prior" else 0.0
             warm_measured = _measure(warm_seg, prep.warm_queries, prep, True, cfg.popularity_cuts, beta)
@@ -235,7 +243,7 @@ class BlendedRecommender:
                                    "warm": _cut(warm_seg.blend, cut, beta).to_dict(),
                                    "cold": cold_seg.blend.to_dict(), "warm_recall@20": warm_r,
                                    "warm_coverage@20": warm_cov, "cold_recall@20": cold_r})
-        eligible = [c for c in candidates if c["warm_coverage@20"] >= counts_cov]
+        eligible = [c for c in candidates if c["warm_coverage@20"] >= counts_cov * (1 + cfg.coverage_margin)]
         # none reaches the counts' coverage: the widest lists (popularity never takes over)
         best = (max(eligible, key=lambda c: c["warm_recall@20"]) if eligible
                 else max(candidates, key=lambda c: c["warm_coverage@20"]))
@@ -247,6 +255,16 @@ class BlendedRecommender:
                 "n_warm_queries": prep.warm_queries.n_queries, "n_cold_queries": cold_queries.n_queries}
 
     # -- fitting ---------------------------------------------------------------
+    def _fit(self, rows) -> tuple[float, ...]:
+        """Weights of the features in use (the others stay 0)."""
+        features, groups, chosen = rows
+        used = [FEATURES.index(name) for name in self.config.features]
+        fitted = fit_weights([features[j] for j in used], groups, chosen, self.config.l2, tuple(START[j] for j in used))
+        weights = [0.0] * len(FEATURES)
+        for j, w in zip(used, fitted):
+            weights[j] = w
+        return tuple(weights)
+
     def fit(self, train: Dataset) -> None:
         if self.base.warm_index is None:
             self.base.fit(train)

@@ -586,7 +586,7 @@ def _blended_search(snap: _Snapshot, index, vectors: np.ndarray, anchors: np.nda
     blend = graph.warm if warm else graph.cold
     lists = graph.item_partners if warm else graph.category_partners
     extra = 1 if warm else 0  # a warm query's own item comes back from the index
-    _, pool = index.search(vectors, min(max(n, blend.pool + extra), snap.n_rows), allowed=allowed)
+    pool = index.candidate_pool(vectors, max(n, blend.pool + extra), allowed=allowed)
     partners = lists.padded(anchors) if blend.uses_copurchases else np.zeros((len(anchors), 0), np.int64)
     if allowed is not None and partners.size:
         partners = np.where((partners >= 0) & allowed[np.maximum(partners, 0)], partners, -1)

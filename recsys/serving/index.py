@@ -462,6 +462,24 @@ class SimilarityIndex:
         out_s[out_i < 0] = -np.inf
         return out_s, out_i
 
+    def candidate_pool(self, queries: np.ndarray, n: int, allowed: np.ndarray | None = None) -> np.ndarray:
+        """(q, n) ids of each query's `n` best allowed candidates by the first stage alone (-1 past the
+        allowed ones): a pool the caller re-scores itself (`score_candidates`), so it is not re-scored here."""
+        q = _as_matrix(queries, "queries", self.dim)
+        mask, _ = self._filters(allowed, None, len(q))
+        n_ok = self.n_items if mask is None else int(mask.sum())
+        n = max(1, min(int(n), self.n_items))
+        out = np.full((len(q), n), -1, np.int64)
+        if n_ok == 0 or len(q) == 0:
+            return out
+        take = min(n, n_ok)
+        if mask is not None and n_ok <= self.config.exact_fallback_max:
+            _, ids = self._exact_subset(q, np.flatnonzero(mask), take)
+        else:
+            _, ids = self._first_stage(q, take, mask, n_ok)
+        out[:, :ids.shape[1]] = ids
+        return out
+
     def score_candidates(self, queries: np.ndarray, ids: np.ndarray) -> np.ndarray:
         """(q, m) inner products of each query with its candidate rows (-1 = none: -inf), from the decoded
         codes: what `search` re-scores its pool with."""
