@@ -211,12 +211,19 @@ def test_short_results_say_why(bundle_client):
     assert "match the filters" in batch.reason
 
 
-def test_prices_are_returned_as_written(bundle_client):
-    client, _ = bundle_client
-    priced = [n for n in client.similar(client._snapshot.item_ids[20], k=20) if n.price is not None]
-    assert priced
-    for n in priced:
-        assert repr(n.price) == str(np.float32(n.price)) and math.isfinite(n.price)
+def test_prices_are_printed_as_written(cli, bundle_client):
+    """The bundle stores prices as float32; `recsys similar --json` and the demo print 12.98, not 12.979999542236328."""
+    from recsys.app.common import price_as_written
+
+    assert price_as_written(float(np.float32(12.98))) == 12.98 and price_as_written(None) is None
+    assert price_as_written(float("nan")) is None
+    client, path = bundle_client
+    code, out = cli("similar", client._snapshot.item_ids[20], "-k", "20", "--bundle", path, "--json")
+    assert code == 0, out
+    prices = [n["price"] for n in json.loads(out)["neighbors"] if n["price"] is not None]
+    assert prices
+    for price in prices:
+        assert repr(price) == str(np.float32(price))
 
 
 def test_cli_similar_without_filters_does_not_blame_filters(cli, bundle_client):

@@ -8,7 +8,7 @@ import json
 
 import click
 
-from recsys.app.common import database_option, engine_for, user_errors
+from recsys.app.common import database_option, engine_for, price_as_written, user_errors
 from recsys.errors import UserError
 
 
@@ -30,7 +30,7 @@ def _print_neighbors(neighbors, echo=click.echo) -> None:
 
 def _neighbors_json(neighbors) -> list[dict]:
     return [{"item_id": n.item_id, "score": n.score, "rank": n.rank, "category": n.category, "brand": n.brand,
-             "price": n.price, "in_stock": n.in_stock,
+             "price": price_as_written(n.price), "in_stock": n.in_stock,
              "why": {k: (dict(v) if hasattr(v, "items") else v) for k, v in n.why.items()}} for n in neighbors]
 
 

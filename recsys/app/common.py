@@ -93,6 +93,18 @@ def user_errors(func):
     return wrapper
 
 
+def price_as_written(price):
+    """A price read back from float32 (a bundle's item table) as the shop wrote it: 12.98, not
+    12.979999542236328 (the shortest decimal that is the same float32)."""
+    import math
+
+    import numpy as np
+
+    if price is None or (isinstance(price, float) and math.isnan(price)):
+        return None
+    return float(str(np.float32(price)))
+
+
 def database_option(func):
     return click.option("--database-url", envvar="RECSYS_DATABASE_URL", default=None,
                         help="SQLAlchemy URL of your Postgres (postgresql+psycopg2://...). "

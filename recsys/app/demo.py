@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from flows.train_and_publish import train_and_publish
+from recsys.app.common import price_as_written
 from recsys.config import get_settings
 from recsys.data.sessions import make_baskets
 from recsys.data.synthetic import ShopConfig, generate_shop
@@ -103,7 +104,7 @@ def show_similar_items(engine, ds, database_url: str | None, echo=print, n_warm:
         item = int(never[-1])
         category = ds.category.values[ds.category.codes[item]]
         brand = ds.brand.values[ds.brand.codes[item]] if ds.brand.codes[item] else None
-        price = float(str(np.float32(ds.price[item]))) if np.isfinite(ds.price[item]) else None  # 12.98, not float32 noise
+        price = price_as_written(float(ds.price[item])) if np.isfinite(ds.price[item]) else None
         extras = {sf.name: sf.values[sf.codes[item]] for sf in ds.extra_features if sf.codes[item]}
         label = f"new item {ds.item_ids[item]} (no purchases)"
     else:

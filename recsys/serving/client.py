@@ -379,12 +379,8 @@ class NeighborList(list):
 
 
 def _finish(snap: "_Snapshot", neighbors: list, k: int, filters) -> NeighborList:
-    """Prices as written (the bundle stores float32: 12.98, not 12.979999542236328), and the reason
-    for a short result."""
+    """The results with the reason for a short result."""
     out = NeighborList(neighbors)
-    for n in out:
-        if n.price is not None:
-            n.price = float(str(np.float32(n.price)))
     if len(out) < k:
         active = filters is not None and any(
             getattr(filters, name) not in (None, False, ()) for name in _Filters.__dataclass_fields__)
