@@ -111,13 +111,17 @@ def test_the_blend_is_chosen_on_the_training_period_with_every_candidate_recorde
         rec.score_warm(np.array([0]))
     rec.fit(train)
     choice = rec.choice
-    assert len(choice["candidates"]) == len(SMALL_BLEND.half_lives) * len(SMALL_BLEND.popularity_cuts)
+    assert len(choice["candidates"]) == (len(SMALL_BLEND.half_lives) * len(SMALL_BLEND.popularity_cuts)
+                                         * len(SMALL_BLEND.copurchase_boosts))
     assert max(c["warm_recall@20"] for c in choice["candidates"]) > 0
     chosen = [c for c in choice["candidates"] if c["warm"] == choice["warm"]]
     assert len(chosen) == 1
-    eligible = [c for c in choice["candidates"] if c["warm_coverage@20"] >= choice["bought_together_coverage@20"]]
+    bar = choice["bought_together_coverage@20"] * (1 + SMALL_BLEND.coverage_margin)
+    eligible = [c for c in choice["candidates"] if c["warm_coverage@20"] >= bar]
     if eligible:  # the best recall among the candidates whose coverage reaches bought-together counts'
         assert chosen[0]["warm_recall@20"] == max(c["warm_recall@20"] for c in eligible)
+    else:  # else the widest lists
+        assert chosen[0]["warm_coverage@20"] == max(c["warm_coverage@20"] for c in choice["candidates"])
     # the validation split lies inside the training period: the test period was never read
     assert eges.validation_fit[0].split.train.n_purchases < train.n_purchases
     scores = rec.score_warm(np.arange(5))
@@ -165,10 +169,10 @@ def test_the_client_serves_the_ranking_the_evaluation_measured(shop, tmp_path):
     assert same[0].item_id not in [n.item_id for n in client.similar(item, k=10, exclude=[same[0].item_id])]
 
 
-def test_a_popularity_cut_lowers_only_the_popularity_weight():
-    from recsys.recommenders.blended import _cut
+def test_blend_variants_cut_popularity_and_boost_co_purchases_only():
+    from recsys.recommenders.blended import _variant
 
     blend = Blend((0.8, 0.2, 0.5, 0.3, 0.05, 0.1), pool=60)
-    cut = _cut(blend, 0.5, prior_beta=0.5)  # total popularity weight 0.8 * 0.5 + 0.2 = 0.6
-    assert cut.weights == pytest.approx((0.8, 0.2 - 0.3, 0.5, 0.3, 0.05, 0.1)) and cut.pool == 60
+    cut = _variant(blend, 0.5, 2.0, prior_beta=0.5)  # total popularity weight 0.8 * 0.5 + 0.2 = 0.6
+    assert cut.weights == pytest.approx((0.8, 0.2 - 0.3, 1.0, 0.3, 0.1, 0.1)) and cut.pool == 60
     assert Blend.from_dict(cut.to_dict()) == cut

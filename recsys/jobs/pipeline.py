@@ -70,7 +70,8 @@ class PipelineConfig:
             if seed is not None and hasattr(default, "seed"):
                 values.setdefault("seed", seed)
             # JSON has lists; the configs hold tuples
-            values = {k: tuple(v) if k in ("ks", "beta_grid", "half_lives", "popularity_cuts", "features") else v
+            values = {k: tuple(v) if k in ("ks", "beta_grid", "half_lives", "popularity_cuts", "copurchase_boosts",
+                                                          "features") else v
                       for k, v in values.items()}
             parts[f.name] = dataclasses.replace(default, **values)
         return cls(**parts, eval_rows=tuple(spec.get("eval_rows") or NIGHTLY_ROWS))

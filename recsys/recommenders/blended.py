@@ -53,7 +53,10 @@ class BlendConfig:
     half_lives: tuple[float | None, ...] = (None, 0.5, 0.125)
     # shares of the fitted blend's total popularity weight taken off (warm), tried on validation: the logit
     # fits likelihood, and leans on popularity more than coverage allows
-    popularity_cuts: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5)
+    popularity_cuts: tuple[float, ...] = (0.0, 0.5, 1.0, 1.5)
+    # factors on the fitted co-purchase weights, tried with each cut: item-specific evidence is what keeps
+    # lists apart (bought-together counts' coverage comes from it)
+    copurchase_boosts: tuple[float, ...] = (1.0, 1.5, 2.0, 3.0)
     # validation queries the blend is fitted and measured on: coverage grows with the number of queries,
     # and faster for item-specific lists, so it is compared on as many queries as the evaluation uses
     validation_queries: int = 20000
@@ -108,8 +111,11 @@ class _Segment:
         return emb, co, same.astype(np.float32), support, in_pool
 
     def scores(self, anchors: np.ndarray) -> np.ndarray:
-        emb, co, same, support, in_pool = self.features(anchors)
-        blended = self.blend.score(emb, self.log_pop[None, :], co, same, support)
+        return self.scores_from(self.features(anchors))
+
+    def scores_from(self, features, blend: Blend | None = None) -> np.ndarray:
+        emb, co, same, support, in_pool = features
+        blended = (blend or self.blend).score(emb, self.log_pop[None, :], co, same, support)
         return rank_outside_pool(blended, emb, in_pool)
 
 
@@ -169,21 +175,29 @@ def _training_rows(segment: _Segment, queries: QuerySet, mask_anchor: bool, chun
 
 
 def _measure(segment: _Segment, queries: QuerySet, prep: PreparedEvaluation, mask_anchor: bool,
-             cuts: tuple[float, ...] = (0.0,), prior_beta: float = 0.0) -> dict[float, tuple[float, float]]:
-    """(Recall@20, coverage@20) per popularity cut, from one scoring pass over the queries."""
-    w = segment.blend.weights
-    total = max(0.0, w[0] * prior_beta + w[1])  # the blend's whole weight on log-popularity
-    log_pop = segment.log_pop
-    variants = {f"{c:g}": (None if c == 0 else (lambda raw, d=c * total: raw - d * log_pop[None, :])) for c in cuts}
-    out = score_query_variants(segment.scores, variants, queries, prep.columns, len(segment.candidates), (20,),
-                               mask_anchor=mask_anchor)
-    return {c: (float(out[f"{c:g}"].recall[20]), float(out[f"{c:g}"].coverage[20])) for c in cuts}
+             variants: dict[str, Blend] | None = None) -> dict[str, tuple[float, float]]:
+    """(Recall@20, coverage@20) of the segment's blend (key "") and of other blends over the same pools,
+    from one pass over the queries: each chunk's features are computed once."""
+    variants = variants or {}
+    chunk: dict = {}
+
+    def base(anchors):
+        chunk["features"] = segment.features(anchors)
+        return segment.scores_from(chunk["features"])
+
+    def rescored(blend):
+        return lambda _: segment.scores_from(chunk["features"], blend)
+
+    out = score_query_variants(base, {"": None, **{k: rescored(b) for k, b in variants.items()}}, queries,
+                               prep.columns, len(segment.candidates), (20,), mask_anchor=mask_anchor)
+    return {k: (float(m.recall[20]), float(m.coverage[20])) for k, m in out.items()}
 
 
-def _cut(blend: Blend, cut: float, prior_beta: float) -> Blend:
+def _variant(blend: Blend, cut: float, boost: float, prior_beta: float) -> Blend:
+    """The blend with `cut` of its whole popularity weight taken off and its co-purchase terms x `boost`."""
     w = blend.weights
-    total = max(0.0, w[0] * prior_beta + w[1])
-    return Blend((w[0], w[1] - cut * total, *w[2:]), blend.pool)
+    total = max(0.0, w[0] * prior_beta + w[1])  # the blend's whole weight on log-popularity
+    return Blend((w[0], w[1] - cut * total, w[2] * boost, w[3], w[4] * boost, w[5]), blend.pool)
 
 
 class BlendedRecommender:
@@ -235,12 +249,16 @@ class BlendedRecommender:
             cold_w = self._fit(_training_rows(cold_seg, cold_queries, cold_queries is simulated))
             cold_seg.blend = Blend(cold_w, cfg.pool)
             beta = self.eges.warm_scorer.beta if self.eges.warm_scorer.kind == "inout_prior" else 0.0
-            warm_measured = _measure(warm_seg, prep.warm_queries, prep, True, cfg.popularity_cuts, beta)
-            cold_r = (_measure(cold_seg, prep.cold_queries, prep, False)[0.0][0] if prep.cold_queries.n_queries
+            variants = {(cut, boost): _variant(warm_seg.blend, cut, boost, beta)
+                        for cut in cfg.popularity_cuts for boost in cfg.copurchase_boosts}
+            warm_measured = _measure(warm_seg, prep.warm_queries, prep, True,
+                                     {f"{c:g}/{b:g}": v for (c, b), v in variants.items()})
+            cold_r = (_measure(cold_seg, prep.cold_queries, prep, False)[""][0] if prep.cold_queries.n_queries
                       else float("nan"))
-            for cut, (warm_r, warm_cov) in warm_measured.items():
+            for (cut, boost), blend in variants.items():
+                warm_r, warm_cov = warm_measured[f"{cut:g}/{boost:g}"]
                 candidates.append({"half_life_share": share, "half_life_days": days, "popularity_cut": cut,
-                                   "warm": _cut(warm_seg.blend, cut, beta).to_dict(),
+                                   "copurchase_boost": boost, "warm": blend.to_dict(),
                                    "cold": cold_seg.blend.to_dict(), "warm_recall@20": warm_r,
                                    "warm_coverage@20": warm_cov, "cold_recall@20": cold_r})
         eligible = [c for c in candidates if c["warm_coverage@20"] >= counts_cov * (1 + cfg.coverage_margin)]
@@ -248,6 +266,7 @@ class BlendedRecommender:
         best = (max(eligible, key=lambda c: c["warm_recall@20"]) if eligible
                 else max(candidates, key=lambda c: c["warm_coverage@20"]))
         return {"half_life_share": best["half_life_share"], "popularity_cut": best["popularity_cut"],
+                "copurchase_boost": best["copurchase_boost"],
                 "warm": best["warm"], "cold": best["cold"],
                 "candidates": candidates, "bought_together_coverage@20": counts_cov,
                 "cold_fitted_on": ("cold validation queries" if cold_queries is prep.cold_queries else
