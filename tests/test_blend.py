@@ -176,3 +176,27 @@ def test_blend_variants_cut_popularity_and_boost_co_purchases_only():
     cut = _variant(blend, 0.5, 2.0, prior_beta=0.5)  # total popularity weight 0.8 * 0.5 + 0.2 = 0.6
     assert cut.weights == pytest.approx((0.8, 0.2 - 0.3, 1.0, 0.3, 0.1, 0.1)) and cut.pool == 60
     assert Blend.from_dict(cut.to_dict()) == cut
+
+
+def test_the_validation_shortcut_measures_what_the_evaluator_measures(shop):
+    # choosing among blends ranks only each query's pool (its top 20 lie there); the evaluator ranks everything
+    from recsys.evaluation.metrics import score_queries
+    from recsys.evaluation.protocol import EvalConfig, prepare
+    from recsys.recommenders.blended import _Segment, pool_entries
+    from recsys.vectors import log_popularity
+
+    ds = shop.to_dataset()
+    prep = prepare(ds, EvalConfig(max_queries=400, include_link_prediction=False))
+    train = prep.split.train
+    lists = top_partners(copurchase_matrix(train), 30)
+    log_pop = log_popularity(train.purchase_item, train.n_items)
+    rng = np.random.default_rng(1)
+    vectors = rng.normal(size=(ds.n_items, 8)).astype(np.float32)
+    embed = lambda a: vectors[a] @ vectors.T  # noqa: E731
+    blend = Blend((1.0, 0.3, 0.8, 0.2, 0.05, -0.1), pool=25)
+    segment = _Segment(embed, lists, lambda a: a, log_pop, train.category.codes.astype(np.int64), log_pop,
+                       prep.warm, blend, 1)
+    recall, coverage = pool_entries(segment, prep.warm_queries, True).measure(blend)
+    full = score_queries(segment.scores, prep.warm_queries, prep.columns, ds.n_items, (20,), mask_anchor=True)
+    assert recall == pytest.approx(full.recall[20], abs=1e-9)
+    assert coverage == pytest.approx(full.coverage[20], abs=1e-9)

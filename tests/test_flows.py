@@ -14,7 +14,7 @@ pytestmark = pytest.mark.skipif(not TAFENG.exists(), reason="../shared/data is n
 SLICE_ROWS = 60_000
 SMALL = {"train": {"dim": 16, "walks_per_node": 4, "epochs": 1}, "evaluation": {"max_queries": 300},
          "eval_rows": ["popularity", "bought-together counts", "EGES", "EGES+PQ", "EGES+PQ+graph"],
-         "index": {"recall_queries": 0}}
+         "index": {"recall_queries": 0}, "blend": {"validation_queries": 2000}}
 
 
 @pytest.fixture(scope="module")
@@ -73,8 +73,9 @@ def test_flow_publishes_and_promotes_a_version_the_client_answers_from(shop, fir
     assert production.metrics["name"] == "EGES+PQ+graph"  # the shipped row is what the gates read
     assert set(first_run["stages"]) >= {"extract", "evaluate", "train", "compress+publish", "promote", "total"}
     client = Client.from_registry(database_url=url)
-    assert set(client.manifest["graph"]["warm"]["weights"]) == {"embedding", "popularity", "copurchase",
-                                                               "same_category"}
+    from recsys.blend import FEATURES
+
+    assert set(client.manifest["graph"]["warm"]["weights"]) == set(FEATURES)
     with engine.connect() as conn:
         popular = conn.execute(sa.text("SELECT item_id FROM purchases GROUP BY 1 ORDER BY count(*) DESC, 1 "
                                        "LIMIT 1")).scalar()

@@ -35,7 +35,7 @@ from recsys.data.cooccurrence import DAY_S, category_partners, copurchase_matrix
 from recsys.data.dataset import Dataset
 from recsys.embed.model import item_features
 from recsys.embed.trained import TrainedModel
-from recsys.evaluation.metrics import score_queries, score_query_variants
+from recsys.evaluation.metrics import score_queries
 from recsys.evaluation.protocol import PreparedEvaluation, prepare
 from recsys.evaluation.queries import QuerySet
 from recsys.recommenders.compressed import CompressedRecommender
@@ -146,10 +146,42 @@ def fit_weights(features: list[np.ndarray], groups: np.ndarray, chosen: np.ndarr
     return tuple(float(v) for v in result.x)
 
 
-def _training_rows(segment: _Segment, queries: QuerySet, mask_anchor: bool, chunk: int = 512):
-    """Pool entries of the queries whose pool holds a target: features, query of each entry, target weight."""
-    feats: list[list[np.ndarray]] = [[], [], [], [], [], []]
-    groups, chosen = [], []
+@dataclass
+class PoolEntries:
+    """Every validation query's pool, flattened: one entry per (query, pool member), grouped by query."""
+
+    features: np.ndarray  # (entries, len(FEATURES)) float64, in FEATURES order
+    groups: np.ndarray  # int64 query of each entry, ascending
+    items: np.ndarray  # int64 the member
+    target: np.ndarray  # bool: the member is one of its query's targets
+    n_targets: np.ndarray  # int64 per query: all its targets (in its pool or not)
+    n_columns: int  # candidates the coverage is a share of
+
+    def training_rows(self):
+        """(features, groups, weight as a choice) of the queries whose pool holds a target."""
+        hits = np.bincount(self.groups, weights=self.target, minlength=len(self.n_targets))
+        keep = hits[self.groups] > 0
+        chosen = np.where(self.target[keep], 1.0 / np.maximum(hits[self.groups[keep]], 1), 0.0)
+        return [self.features[keep, j] for j in range(self.features.shape[1])], self.groups[keep], chosen
+
+    def measure(self, blend: Blend, k: int = 20) -> tuple[float, float]:
+        """(Recall@k, coverage@k) when each pool is ranked by `blend`: the top k lie in the pool."""
+        scores = self.features @ np.asarray(blend.weights, np.float64)
+        order = np.lexsort((-scores, self.groups))
+        groups = self.groups[order]
+        starts = np.searchsorted(groups, np.arange(len(self.n_targets)))
+        rank = np.arange(len(order)) - starts[groups]
+        top = order[rank < k]
+        hits = np.bincount(self.groups[top], weights=self.target[top], minlength=len(self.n_targets))
+        has = self.n_targets > 0
+        recall = float((hits[has] / np.minimum(self.n_targets[has], k)).mean()) if has.any() else 0.0
+        return recall, float(len(np.unique(self.items[top])) / max(self.n_columns, 1))
+
+
+def pool_entries(segment: _Segment, queries: QuerySet, mask_anchor: bool, chunk: int = 512) -> PoolEntries:
+    """The pools of a query set with each member's blend features (`recsys/blend.py`), in one pass."""
+    feats: list[list[np.ndarray]] = [[] for _ in FEATURES]
+    groups, items, target_of = [], [], []
     for lo in range(0, queries.n_queries, chunk):
         hi = min(lo + chunk, queries.n_queries)
         anchors = queries.anchors[lo:hi]
@@ -159,38 +191,18 @@ def _training_rows(segment: _Segment, queries: QuerySet, mask_anchor: bool, chun
         target = np.zeros_like(in_pool)
         t_rows = np.repeat(np.arange(hi - lo), np.diff(queries.indptr[lo:hi + 1]))
         target[t_rows, queries.targets[queries.indptr[lo]:queries.indptr[hi]]] = True
-        target &= in_pool
-        n_hit = target.sum(axis=1)
-        keep = in_pool & (n_hit > 0)[:, None]
-        q_idx, b_idx = np.nonzero(keep)
-        feats[0].append(emb[q_idx, b_idx])
-        feats[1].append(segment.log_pop[b_idx])
-        feats[2].append(co[q_idx, b_idx])
-        feats[3].append(same[q_idx, b_idx])
-        feats[4].append(co[q_idx, b_idx] * support[q_idx, 0])
-        feats[5].append(segment.log_pop[b_idx] * (co[q_idx, b_idx] > 0))
+        q_idx, b_idx = np.nonzero(in_pool)
+        c = co[q_idx, b_idx]
+        pop = segment.log_pop[b_idx]
+        for j, values in enumerate((emb[q_idx, b_idx], pop, c, same[q_idx, b_idx], c * support[q_idx, 0],
+                                    pop * (c > 0))):
+            feats[j].append(values.astype(np.float64))
         groups.append(q_idx + lo)
-        chosen.append(np.where(target[q_idx, b_idx], 1.0 / np.maximum(n_hit[q_idx], 1), 0.0))
-    return [np.concatenate(f) for f in feats], np.concatenate(groups), np.concatenate(chosen)
-
-
-def _measure(segment: _Segment, queries: QuerySet, prep: PreparedEvaluation, mask_anchor: bool,
-             variants: dict[str, Blend] | None = None) -> dict[str, tuple[float, float]]:
-    """(Recall@20, coverage@20) of the segment's blend (key "") and of other blends over the same pools,
-    from one pass over the queries: each chunk's features are computed once."""
-    variants = variants or {}
-    chunk: dict = {}
-
-    def base(anchors):
-        chunk["features"] = segment.features(anchors)
-        return segment.scores_from(chunk["features"])
-
-    def rescored(blend):
-        return lambda _: segment.scores_from(chunk["features"], blend)
-
-    out = score_query_variants(base, {"": None, **{k: rescored(b) for k, b in variants.items()}}, queries,
-                               prep.columns, len(segment.candidates), (20,), mask_anchor=mask_anchor)
-    return {k: (float(m.recall[20]), float(m.coverage[20])) for k, m in out.items()}
+        items.append(b_idx)
+        target_of.append(target[q_idx, b_idx])
+    return PoolEntries(np.stack([np.concatenate(f) for f in feats], axis=1), np.concatenate(groups),
+                       np.concatenate(items), np.concatenate(target_of), np.diff(queries.indptr).astype(np.int64),
+                       int(segment.candidates.sum()))
 
 
 def _variant(blend: Blend, cut: float, boost: float, prior_beta: float) -> Blend:
@@ -242,21 +254,20 @@ class BlendedRecommender:
             items, cats = top_partners(matrix, cfg.top_m), category_partners(vtrain, matrix, cfg.top_m)
             warm_seg = _Segment(warm_fn, items, lambda a: a, log_pop, category, log_pop, warm_items,
                                 Blend(pool=cfg.pool), 1)
-            warm_w = self._fit(_training_rows(warm_seg, prep.warm_queries, True))
+            warm_pools = pool_entries(warm_seg, prep.warm_queries, True)
+            warm_w = self._fit(warm_pools.training_rows())
             warm_seg.blend = Blend(warm_w, cfg.pool)
             cold_seg = _Segment(cold_fn, cats, lambda a: category[a], category_support(vtrain), category, log_pop,
                                 warm_items, Blend(pool=cfg.pool), 0)
-            cold_w = self._fit(_training_rows(cold_seg, cold_queries, cold_queries is simulated))
+            cold_w = self._fit(pool_entries(cold_seg, cold_queries, cold_queries is simulated).training_rows())
             cold_seg.blend = Blend(cold_w, cfg.pool)
             beta = self.eges.warm_scorer.beta if self.eges.warm_scorer.kind == "inout_prior" else 0.0
             variants = {(cut, boost): _variant(warm_seg.blend, cut, boost, beta)
                         for cut in cfg.popularity_cuts for boost in cfg.copurchase_boosts}
-            warm_measured = _measure(warm_seg, prep.warm_queries, prep, True,
-                                     {f"{c:g}/{b:g}": v for (c, b), v in variants.items()})
-            cold_r = (_measure(cold_seg, prep.cold_queries, prep, False)[""][0] if prep.cold_queries.n_queries
-                      else float("nan"))
+            cold_r = (pool_entries(cold_seg, prep.cold_queries, False).measure(cold_seg.blend)[0]
+                      if prep.cold_queries.n_queries else float("nan"))
             for (cut, boost), blend in variants.items():
-                warm_r, warm_cov = warm_measured[f"{cut:g}/{boost:g}"]
+                warm_r, warm_cov = warm_pools.measure(blend)
                 candidates.append({"half_life_share": share, "half_life_days": days, "popularity_cut": cut,
                                    "copurchase_boost": boost, "warm": blend.to_dict(),
                                    "cold": cold_seg.blend.to_dict(), "warm_recall@20": warm_r,
