@@ -70,6 +70,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from recsys.evaluation.protocol import evaluate
+    from recsys.jobs.diagnose import DiagnoseConfig, diagnose
     from recsys.jobs.pipeline import PipelineConfig, evaluation_rows
     from recsys.recommenders.lineup import ROW_NAMES
 
@@ -83,7 +84,10 @@ def main() -> None:
         recommenders = evaluation_rows(config)
         report = evaluate(ds, recommenders, config.evaluation, log=lambda line: print(line, file=sys.stderr, flush=True))
         shipped = next((r for r in recommenders if getattr(r, "choice", None)), None)
+        quick = diagnose(ds, DiagnoseConfig(compare_methods=False))  # the clustering heuristic, for the doc's table
         line = {"data": name, "table": report.to_table(), "report": report.to_dict(),
+                "diagnose_quick": {"clustering": quick.clustering, "structure": quick.structure,
+                                   "verdict": quick.verdict},
                 "blend_choice": shipped.choice if shipped is not None else None,
                 "seconds": round(time.perf_counter() - started, 1), **machine()}
         print(report.to_table(), file=sys.stderr, flush=True)
