@@ -272,8 +272,9 @@ class EASERecommender(_Fitted):
 
     name = "EASE"
 
-    def __init__(self, lambdas: Sequence[float] = (100.0, 1000.0, 10000.0, 100000.0), memory_budget_mb: float = 2600.0,
-                 max_items: int | None = None, validation_fraction: float = 0.15, validation_queries: int = 3000,
+    def __init__(self, lambdas: Sequence[float] = (100.0, 1000.0, 10000.0, 100000.0),
+                 memory_budget_mb: float = 2600.0, max_items: int | None = None,
+                 validation_fraction: float = 0.15, validation_queries: int = 3000,
                  session_gap_s: int = 3600, seed: int = 0):
         if not lambdas or min(lambdas) <= 0:
             raise ValueError(f"lambdas must be positive, got {lambdas}")
@@ -281,7 +282,8 @@ class EASERecommender(_Fitted):
             raise ValueError(f"memory_budget_mb must be > 0, got {memory_budget_mb}")
         if not 0.0 < validation_fraction < 1.0:
             raise ValueError(f"validation_fraction must be in (0, 1), got {validation_fraction}")
-        self.lambdas, self.memory_budget_mb, self.max_items = tuple(float(x) for x in lambdas), memory_budget_mb, max_items
+        self.lambdas = tuple(float(x) for x in lambdas)
+        self.memory_budget_mb, self.max_items = memory_budget_mb, max_items
         self.validation_fraction, self.validation_queries = validation_fraction, validation_queries
         self.session_gap_s, self.seed = session_gap_s, seed
         self.fit_stats: dict = {}
@@ -330,7 +332,8 @@ class EASERecommender(_Fitted):
         self.category_rows[size == 0] = np.nan
         self.codes = codes
         n = len(cols)
-        self.fit_stats = {"lambda": self.lam, "n_ease_items": n, "n_warm_items": int((purchase_counts(train) > 0).sum()),
+        self.fit_stats = {"lambda": self.lam, "n_ease_items": n,
+                          "n_warm_items": int((purchase_counts(train) > 0).sum()),
                           "matrix_mb": n * n * 4 / 2**20, "memory_budget_mb": self.memory_budget_mb,
                           "validation": stats}
         self._train = train
