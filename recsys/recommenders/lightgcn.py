@@ -75,7 +75,7 @@ class LightGCNRecommender(_Fitted):
     symmetric normalisation computed once (LGConv with `normalize=False` over a
     sparse CSR adjacency: a full-graph propagation is three sparse products).
     Hyperparameters (defaults sized for Ta-Feng, 23,812 items x 32,266 users,
-    643k training edges: about 3 minutes on 2 busy cores, under 1 GB):
+    643k training edges: 3 to 5 minutes on 2 busy cores, under 1 GB):
 
     * `dim` 64, `layers` 3, final embedding = mean of layers 0..3 (alpha = 1/4,
       PyG's default); embeddings start from PyG's default (Xavier uniform);
