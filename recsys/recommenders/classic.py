@@ -262,10 +262,11 @@ class EASERecommender(_Fitted):
     Items outside get no EASE score (they rank by popularity below every EASE
     score; an anchor outside ranks everything by popularity). lambda is chosen
     from `lambdas` by warm Recall@20 on the last `validation_fraction` of the
-    training purchases (same N rule), then B is refit on all of them; the grid
-    reaches 1e5 because both Ta-Feng and Online Retail chose its top at 1e4 (a
-    very large lambda tends to raw co-occurrence counts, the bought-together
-    row). Cold
+    training purchases (same N rule), then B is refit on all of them. The grid
+    reaches 1e5 because Ta-Feng and Online Retail both chose 1e4, the top of a
+    grid ending there; with 1e5 in it Ta-Feng keeps 1e4 and Online Retail takes
+    1e5 (a very large lambda tends to raw co-occurrence counts, the
+    bought-together row). Cold
     anchors: the mean B row of their category's items inside the N.
     `fit_stats` records N, the matrix size in MB, lambda and the validation recalls.
     """
