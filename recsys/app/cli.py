@@ -258,7 +258,7 @@ def evaluate(test_fraction, session_gap, max_queries, rows, no_link_prediction, 
 
 
 @main.command()
-@click.option("--quick", is_flag=True, help="Skip the BGE vs matrix factorisation comparison (the slow part).")
+@click.option("--quick", is_flag=True, help="Skip the LightGCN and BGE vs matrix factorisation comparison (the slow part).")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), help="Also write the report as JSON.")
 @database_option
@@ -282,7 +282,7 @@ def diagnose(quick, seed, json_out, database_url):
 @click.option("--epochs", type=int, help="Passes over the walks (default from TrainConfig).")
 @click.option("--threads", type=int, help="CPU threads of the training loop (default: all cores).")
 @click.option("--max-queries", default=5000, show_default=True, help="Evaluation queries per segment.")
-@click.option("--all-rows", is_flag=True, help="Also evaluate BGE and GES (two more trainings).")
+@click.option("--all-rows", is_flag=True, help="Also evaluate the rows the nightly flow skips: BGE, GES, RP3beta, EASE, LightGCN (minutes more).")
 @click.option("--min-warm-recall", default=0.0, show_default=True, help="Promotion gate: warm Recall@20 floor.")
 @click.option("--min-cold-recall", default=0.0, show_default=True, help="Promotion gate: cold Recall@20 floor.")
 @click.option("--max-drop", default=0.05, show_default=True,
