@@ -112,7 +112,7 @@ def test_the_blend_is_chosen_on_the_training_period_with_every_candidate_recorde
     rec.fit(train)
     choice = rec.choice
     assert len(choice["candidates"]) == (len(SMALL_BLEND.half_lives) * len(SMALL_BLEND.popularity_cuts)
-                                         * len(SMALL_BLEND.copurchase_boosts))
+                                         * len(SMALL_BLEND.embedding_scales))
     assert max(c["warm_recall@20"] for c in choice["candidates"]) > 0
     chosen = [c for c in choice["candidates"] if c["warm"] == choice["warm"]]
     assert len(chosen) == 1
@@ -169,12 +169,12 @@ def test_the_client_serves_the_ranking_the_evaluation_measured(shop, tmp_path):
     assert same[0].item_id not in [n.item_id for n in client.similar(item, k=10, exclude=[same[0].item_id])]
 
 
-def test_blend_variants_cut_popularity_and_boost_co_purchases_only():
+def test_blend_variants_scale_the_embedding_and_cut_popularity_only():
     from recsys.recommenders.blended import _variant
 
     blend = Blend((0.8, 0.2, 0.5, 0.3, 0.05, 0.1), pool=60)
-    cut = _variant(blend, 0.5, 2.0, prior_beta=0.5)  # total popularity weight 0.8 * 0.5 + 0.2 = 0.6
-    assert cut.weights == pytest.approx((0.8, 0.2 - 0.3, 1.0, 0.3, 0.1, 0.1)) and cut.pool == 60
+    cut = _variant(blend, 0.5, 0.5, prior_beta=0.5)  # total popularity weight 0.4 * 0.5 + 0.2 = 0.4
+    assert cut.weights == pytest.approx((0.4, 0.2 - 0.2, 0.5, 0.3, 0.05, 0.1)) and cut.pool == 60
     assert Blend.from_dict(cut.to_dict()) == cut
 
 

@@ -70,7 +70,7 @@ class PipelineConfig:
             if seed is not None and hasattr(default, "seed"):
                 values.setdefault("seed", seed)
             # JSON has lists; the configs hold tuples
-            values = {k: tuple(v) if k in ("ks", "beta_grid", "half_lives", "popularity_cuts", "copurchase_boosts",
+            values = {k: tuple(v) if k in ("ks", "beta_grid", "half_lives", "popularity_cuts", "embedding_scales",
                                                           "features") else v
                       for k, v in values.items()}
             parts[f.name] = dataclasses.replace(default, **values)

@@ -53,10 +53,11 @@ class BlendConfig:
     half_lives: tuple[float | None, ...] = (None, 0.5, 0.125)
     # shares of the fitted blend's total popularity weight taken off (warm), tried on validation: the logit
     # fits likelihood, and leans on popularity more than coverage allows
-    popularity_cuts: tuple[float, ...] = (0.0, 0.5, 1.0, 1.5)
-    # factors on the fitted co-purchase weights, tried with each cut: item-specific evidence is what keeps
-    # lists apart (bought-together counts' coverage comes from it)
-    copurchase_boosts: tuple[float, ...] = (1.0, 1.5, 2.0, 3.0)
+    popularity_cuts: tuple[float, ...] = (0.0, 0.1, 0.25, 0.5, 1.0)
+    # factors on the fitted embedding weight, tried with each cut: the graph's item-specific evidence is
+    # what keeps lists apart (bought-together counts' coverage comes from it); at the smallest, the counts
+    # order the pool and the embedding breaks their ties and fills in
+    embedding_scales: tuple[float, ...] = (1.0, 0.5, 0.25, 0.1, 0.03)
     # validation queries the blend is fitted and measured on: coverage grows with the number of queries,
     # and faster for item-specific lists, so it is compared on as many queries as the evaluation uses
     validation_queries: int = 20000
@@ -208,11 +209,12 @@ def pool_entries(segment: _Segment, queries: QuerySet, mask_anchor: bool, chunk:
                        int(segment.candidates.sum()))
 
 
-def _variant(blend: Blend, cut: float, boost: float, prior_beta: float) -> Blend:
-    """The blend with `cut` of its whole popularity weight taken off and its co-purchase terms x `boost`."""
+def _variant(blend: Blend, cut: float, scale: float, prior_beta: float) -> Blend:
+    """The blend with its embedding weight x `scale`, then `cut` of its whole popularity weight taken off."""
     w = blend.weights
-    total = max(0.0, w[0] * prior_beta + w[1])  # the blend's whole weight on log-popularity
-    return Blend((w[0], w[1] - cut * total, w[2] * boost, w[3], w[4] * boost, w[5]), blend.pool)
+    emb = w[0] * scale
+    total = max(0.0, emb * prior_beta + w[1])  # the blend's whole weight on log-popularity
+    return Blend((emb, w[1] - cut * total, *w[2:]), blend.pool)
 
 
 class BlendedRecommender:
@@ -268,14 +270,14 @@ class BlendedRecommender:
             # can mislead a fit, and a blend must not serve a new product worse than the embedding does
             cold_seg.blend = max((cold_fitted, Blend(START, cfg.pool)), key=lambda b: cold_pools.measure(b)[0])
             beta = self.eges.warm_scorer.beta if self.eges.warm_scorer.kind == "inout_prior" else 0.0
-            variants = {(cut, boost): _variant(warm_seg.blend, cut, boost, beta)
-                        for cut in cfg.popularity_cuts for boost in cfg.copurchase_boosts}
+            variants = {(cut, scale): _variant(warm_seg.blend, cut, scale, beta)
+                        for cut in cfg.popularity_cuts for scale in cfg.embedding_scales}
             cold_r = (pool_entries(cold_seg, prep.cold_queries, False).measure(cold_seg.blend)[0]
                       if prep.cold_queries.n_queries else float("nan"))
-            for (cut, boost), blend in variants.items():
+            for (cut, scale), blend in variants.items():
                 warm_r, warm_cov = warm_pools.measure(blend)
                 candidates.append({"half_life_share": share, "half_life_days": days, "popularity_cut": cut,
-                                   "copurchase_boost": boost, "warm": blend.to_dict(),
+                                   "embedding_scale": scale, "warm": blend.to_dict(),
                                    "cold": cold_seg.blend.to_dict(), "warm_recall@20": warm_r,
                                    "warm_coverage@20": warm_cov, "cold_recall@20": cold_r})
         eligible = [c for c in candidates if c["warm_coverage@20"] >= counts_cov * (1 + cfg.coverage_margin)]
@@ -283,7 +285,7 @@ class BlendedRecommender:
         best = (max(eligible, key=lambda c: c["warm_recall@20"]) if eligible
                 else max(candidates, key=lambda c: c["warm_coverage@20"]))
         return {"half_life_share": best["half_life_share"], "popularity_cut": best["popularity_cut"],
-                "copurchase_boost": best["copurchase_boost"],
+                "embedding_scale": best["embedding_scale"],
                 "warm": best["warm"], "cold": best["cold"],
                 "candidates": candidates, "bought_together_coverage@20": counts_cov,
                 "cold_fitted_on": ("cold validation queries" if cold_queries is prep.cold_queries else
