@@ -12,15 +12,20 @@ period):
    query's pool (softmax of the blended score over the pool, the query's
    targets as the choices; convex, L-BFGS): warm queries on item
    co-purchases, cold queries on their category's;
-3. the candidate with the best validation Recall@20 among those whose warm
-   coverage@20 reaches bought-together counts' on the same queries (no
-   collapse into a popularity list); every candidate's numbers are kept in
+3. variants of each fitted warm blend (the embedding's weight scaled down,
+   a share of the whole popularity weight taken off), measured on the
+   validation pools;
+4. the candidate with the best validation Recall@20 among those whose warm
+   coverage@20 reaches bought-together counts' on the same queries plus
+   `coverage_margin` (no collapse into a popularity list; none does: the
+   widest lists); every candidate's numbers are kept in
    `self.choice["candidates"]` (the manifest records them).
 
-Then the co-purchase lists of the whole training period with the chosen
-half-life. With fewer than `min_cold_queries` cold validation queries, cold
-weights are fitted on warm validation anchors answered from their side
-features alone (the situation of a new product).
+The cold blend is the fitted one or the embedding alone, whichever ranks
+the cold validation queries better; with fewer than `min_cold_queries` of
+them it is fitted on warm validation anchors answered from their side
+features alone (the situation of a new product). Then the co-purchase
+lists of the whole training period with the chosen half-life.
 """
 from __future__ import annotations
 
