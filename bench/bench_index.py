@@ -192,7 +192,7 @@ def random_graph_evidence(n: int, n_categories: int, rng, top_m: int = 100):
 
     blend = Blend((0.6, -0.2, 0.4, 0.3, 0.05, 0.1), pool=100)
     return GraphEvidence(blend, blend, lists(n), lists(n_categories), rng.gamma(2.0, 1.0, n).astype(np.float32),
-                         rng.gamma(8.0, 1.0, n_categories).astype(np.float32), {})
+                         rng.gamma(8.0, 1.0, n_categories).astype(np.float32), lists(n_categories), {})
 
 
 def main() -> None:

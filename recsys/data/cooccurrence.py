@@ -68,6 +68,15 @@ def top_partners(matrix: sp.csr_matrix, top_m: int) -> CoPurchases:
     return CoPurchases(indptr, matrix.indices[keep], np.log1p(matrix.data[keep]), n_cols)
 
 
+def category_best_sellers(ds: Dataset, top_m: int, candidates: np.ndarray) -> CoPurchases:
+    """Per category code: its `top_m` most bought candidate items (a new item's own kind, in its pool)."""
+    codes = ds.category.codes.astype(np.int64)
+    counts = np.bincount(ds.purchase_item, minlength=ds.n_items).astype(np.float64)
+    keep = np.flatnonzero((codes > 0) & np.asarray(candidates, bool) & (counts > 0))
+    members = sp.csr_matrix((counts[keep], (codes[keep], keep)), shape=(ds.category.cardinality, ds.n_items))
+    return top_partners(members, top_m)
+
+
 def category_partners(ds: Dataset, matrix: sp.csr_matrix, top_m: int) -> CoPurchases:
     """Per category code: the heaviest partners of its items together (row 0, missing, has none)."""
     codes = ds.category.codes.astype(np.int64)

@@ -141,7 +141,7 @@ def build_parts(shipped: BlendedRecommender, ds: Dataset, config: PipelineConfig
                              watermark=ds.watermark.as_dict() if ds.watermark else {})
     parts.graph = GraphEvidence.from_positions(parts.items.index_row, shipped.warm_blend, shipped.cold_blend,
                                                shipped.item_partners, shipped.category_partners, shipped.log_pop,
-                                               shipped.category_support, shipped.choice)
+                                               shipped.category_support, shipped.category_members, shipped.choice)
     parts.validate()
     parts.notes.update(extra_notes or {})
     parts.extra_files.update(training_plots(rec.trained))

@@ -36,7 +36,8 @@ import numpy as np
 from scipy.optimize import minimize
 
 from recsys.blend import FEATURES, Blend, CoPurchases, pool_mask, rank_outside_pool
-from recsys.data.cooccurrence import DAY_S, category_partners, copurchase_matrix, top_partners
+from recsys.data.cooccurrence import (DAY_S, category_best_sellers, category_partners, copurchase_matrix,
+                                      top_partners)
 from recsys.data.dataset import Dataset
 from recsys.embed.model import item_features
 from recsys.embed.trained import TrainedModel
@@ -104,17 +105,22 @@ class _Segment:
     """Dense blended scores of one segment (warm or cold) from an embedding scorer and co-purchase lists."""
 
     def __init__(self, embed_fn, lists: CoPurchases, anchor_of, support: np.ndarray, category: np.ndarray,
-                 log_pop: np.ndarray, candidates: np.ndarray, blend: Blend, extra_pool: int):
+                 log_pop: np.ndarray, candidates: np.ndarray, blend: Blend, extra_pool: int,
+                 members: CoPurchases | None = None):
         self.embed_fn, self.lists, self.anchor_of, self.support = embed_fn, lists, anchor_of, support
         self.category, self.log_pop, self.candidates, self.blend = category, log_pop, candidates, blend
         self.extra_pool = extra_pool  # the anchor itself takes a place in a warm pool
+        self.members = members  # more pool members per anchor (a cold query's category's best sellers)
 
     def features(self, anchors: np.ndarray):
         emb = np.asarray(self.embed_fn(anchors), np.float32)
         emb_pool = np.where(self.candidates[None, :], emb, -np.inf)
         co = self.lists.dense(self.anchor_of(anchors))
         co[:, ~self.candidates] = 0.0
-        in_pool = pool_mask(emb_pool, self.blend.pool + self.extra_pool, co) & self.candidates[None, :]
+        in_pool = pool_mask(emb_pool, self.blend.pool + self.extra_pool, co)
+        if self.members is not None:
+            in_pool |= self.members.dense(self.anchor_of(anchors)) > 0
+        in_pool &= self.candidates[None, :]
         same = (self.category[None, :] == self.category[anchors][:, None]) & (self.category[anchors][:, None] > 0)
         support = self.support[self.anchor_of(anchors)][:, None]
         return emb, co, same.astype(np.float32), support, in_pool
@@ -268,7 +274,8 @@ class BlendedRecommender:
             warm_w = self._fit(warm_pools.training_rows())
             warm_seg.blend = Blend(warm_w, cfg.pool)
             cold_seg = _Segment(cold_fn, cats, lambda a: category[a], category_support(vtrain), category, log_pop,
-                                warm_items, Blend(pool=cfg.pool), 0)
+                                warm_items, Blend(pool=cfg.pool), 0,
+                                category_best_sellers(vtrain, cfg.top_m, warm_items))
             cold_pools = pool_entries(cold_seg, cold_queries, cold_queries is simulated)
             cold_fitted = Blend(self._fit(cold_pools.training_rows()), cfg.pool)
             # the fitted cold blend against the embedding alone, on the same cold queries: few and new, they
@@ -328,9 +335,10 @@ class BlendedRecommender:
         self.category_support = category_support(train)
         self._warm = _Segment(self.base.score_warm, self.item_partners, lambda a: a, self.log_pop, self.category,
                               self.log_pop, self.candidates, self.warm_blend, 1)
+        self.category_members = category_best_sellers(train, self.config.top_m, self.candidates)
         self._cold = _Segment(self.base.score_cold, self.category_partners, lambda a: self.category[a],
                               self.category_support, self.category, self.log_pop, self.candidates,
-                              self.cold_blend, 0)
+                              self.cold_blend, 0, self.category_members)
 
     def _check_fitted(self) -> None:
         if self.warm_blend is None:

@@ -184,11 +184,13 @@ class GraphEvidence:
     category_partners: CoPurchases
     log_popularity: np.ndarray  # float32 (n_indexed,)
     category_support: np.ndarray  # float32 (n_categories,): log(1 + purchase lines of the category's items)
+    category_members: CoPurchases  # per category code: its best sellers (index rows), in a new item's pool
     choice: dict = field(default_factory=dict)  # how the blend was chosen (candidates, validation numbers)
 
     def validate(self, n_indexed: int, n_items: int, n_categories: int) -> None:
         for name, lists, anchors in (("item_partners", self.item_partners, n_items),
-                                     ("category_partners", self.category_partners, n_categories)):
+                                     ("category_partners", self.category_partners, n_categories),
+                                     ("category_members", self.category_members, n_categories)):
             if lists.n_candidates != n_indexed:
                 raise ValueError(f"GraphEvidence.{name} numbers {lists.n_candidates} candidates, the index {n_indexed}")
             if lists.n_anchors > anchors:
@@ -204,7 +206,7 @@ class GraphEvidence:
     @classmethod
     def from_positions(cls, index_row: np.ndarray, warm: Blend, cold: Blend, item_partners: CoPurchases,
                        category_partners: CoPurchases, log_popularity: np.ndarray, category_support: np.ndarray,
-                       choice: dict) -> "GraphEvidence":
+                       category_members: CoPurchases, choice: dict) -> "GraphEvidence":
         """From lists whose partners are item positions (as evaluation computes them) to index rows."""
         index_row = np.asarray(index_row, np.int64)
         n_indexed = int((index_row >= 0).sum())
@@ -212,17 +214,18 @@ class GraphEvidence:
         pos_of_row[index_row[index_row >= 0]] = np.flatnonzero(index_row >= 0)
         return cls(warm, cold, item_partners.remap(index_row, n_indexed), category_partners.remap(index_row, n_indexed),
                    np.asarray(log_popularity, np.float32)[pos_of_row], np.asarray(category_support, np.float32),
-                   _json_safe(choice))
+                   category_members.remap(index_row, n_indexed), _json_safe(choice))
 
     def manifest_entry(self) -> dict:
         return {"warm": self.warm.to_dict(), "cold": self.cold.to_dict(), "choice": self.choice,
                 "bytes": self.item_partners.nbytes + self.category_partners.nbytes + int(self.log_popularity.nbytes)
-                + int(self.category_support.nbytes)}
+                + int(self.category_support.nbytes) + self.category_members.nbytes}
 
 
 GRAPH_ARRAYS = ("graph/item_indptr.npy", "graph/item_partners.npy", "graph/item_weight.npy",
                 "graph/category_indptr.npy", "graph/category_partners.npy", "graph/category_weight.npy",
-                "graph/log_popularity.npy", "graph/category_support.npy")
+                "graph/log_popularity.npy", "graph/category_support.npy", "graph/members_indptr.npy",
+                "graph/members_partners.npy", "graph/members_weight.npy")
 
 
 def _index_size(index) -> int | None:
@@ -382,7 +385,8 @@ def _fill(parts: BundleParts, version: str, on_step: StepCallback | None) -> Cal
             arrays["model/cold_map.npy"] = model.cold_map.astype(np.float32)
         if parts.graph is not None:
             g = parts.graph
-            for prefix, lists in (("graph/item", g.item_partners), ("graph/category", g.category_partners)):
+            for prefix, lists in (("graph/item", g.item_partners), ("graph/category", g.category_partners),
+                                  ("graph/members", g.category_members)):
                 arrays[f"{prefix}_indptr.npy"] = lists.indptr.astype(np.int64)
                 arrays[f"{prefix}_partners.npy"] = lists.items.astype(np.int32)
                 arrays[f"{prefix}_weight.npy"] = lists.weight.astype(np.float16)  # log weights: 3 digits do
@@ -571,11 +575,11 @@ def open_bundle(path: str | Path, verify: bool = True, index_class=None) -> Bund
         n_indexed = int((items.index_row >= 0).sum())
         lists = {prefix: CoPurchases(array(f"graph/{prefix}_indptr.npy"), array(f"graph/{prefix}_partners.npy"),
                                      array(f"graph/{prefix}_weight.npy").astype(np.float32), n_indexed)
-                 for prefix in ("item", "category")}
+                 for prefix in ("item", "category", "members")}
         entry = manifest["graph"]
         graph = GraphEvidence(Blend.from_dict(entry["warm"]), Blend.from_dict(entry["cold"]), lists["item"],
                               lists["category"], array("graph/log_popularity.npy").astype(np.float32),
-                              array("graph/category_support.npy"), entry.get("choice") or {})
+                              array("graph/category_support.npy"), lists["members"], entry.get("choice") or {})
     parts = BundleParts(items=items, model=model, indexes=indexes, scorers=manifest.get("scorers") or {},
                         metrics=manifest.get("metrics") or {}, watermark=manifest.get("data_watermark") or {},
                         kind=manifest.get("kind", "full"), parent_version=manifest.get("parent_version"),

@@ -584,6 +584,8 @@ def _blended_search(snap: _Snapshot, index, vectors: np.ndarray, anchors: np.nda
     extra = 1 if warm else 0  # a warm query's own item comes back from the index
     pool = index.candidate_pool(vectors, max(n, blend.pool + extra), allowed=allowed)
     partners = lists.padded(anchors) if blend.uses_copurchases else np.zeros((len(anchors), 0), np.int64)
+    if not warm:  # a new item's own kind: its category's best sellers
+        partners = np.concatenate([partners, graph.category_members.padded(anchors)], axis=1)
     if allowed is not None and partners.size:
         partners = np.where((partners >= 0) & allowed[np.maximum(partners, 0)], partners, -1)
     candidates = np.sort(np.concatenate([pool, partners], axis=1), axis=1)
