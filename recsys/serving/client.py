@@ -613,12 +613,17 @@ def _neighbors(snap: _Snapshot, query: _Query, scores: list[float], rows: list[i
     out: list[Neighbor] = []
     why_base, anchor, query_codes = query.why, query.row, query.codes
     names, codes_list, pos_of_row = snap.feature_names, snap.codes_list, snap.pos_of_row
+    shared_of: dict[tuple, list] = {}  # the shared features, by the result's codes (often repeated)
     for score, row in zip(scores, rows):
         if row < 0 or row == anchor:
             continue
         pos = pos_of_row[row]
         why = dict(why_base)
-        why["shared"] = [n for n, a, b in zip(names, query_codes, codes_list[pos]) if a and a == b]
+        codes = codes_list[pos]
+        shared = shared_of.get(codes)
+        if shared is None:
+            shared = shared_of[codes] = [n for n, a, b in zip(names, query_codes, codes) if a and a == b]
+        why["shared"] = list(shared)
         out.append(Neighbor(snap.item_ids[pos], score, len(out) + 1, snap.category_names[pos], snap.brand_names[pos],
                             snap.prices[pos], snap.stock[pos], why))
         if len(out) == k:

@@ -559,6 +559,11 @@ class SimilarityIndex:
 
     def _rescore(self, q: np.ndarray, ids: np.ndarray) -> np.ndarray:
         """Scores of the pool from the decoded codes (finer ones when there is a rerank codec)."""
+        if self._decoded is None and self.n_items * self.dim * 4 <= self.config.decoded_cache_bytes:
+            self._decoded = self.candidate_vectors()  # one reference assignment: safe under threads
+        if self._decoded is not None:  # the whole table is decoded: gather directly
+            scores = np.einsum("qd,qkd->qk", q, self._decoded[np.maximum(ids, 0)])
+            return np.where(ids >= 0, scores, -np.inf).astype(np.float32)
         rows = np.unique(ids[ids >= 0])
         if len(rows) == 0:
             return np.full(ids.shape, -np.inf, np.float32)
