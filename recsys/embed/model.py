@@ -186,7 +186,7 @@ class NoiseSampler:
         counts = np.asarray(counts, dtype=np.float64)
         if counts.ndim != 1 or len(counts) == 0 or np.any(counts < 0) or counts.sum() <= 0:
             raise ValueError("noise counts must be a non-empty 1-d array of non-negative counts with a positive sum")
-        probs = counts ** power
+        probs = np.where(counts > 0, counts ** power, 0.0)  # 0 ** 0 is 1: an item never walked is never noise
         probs /= probs.sum()
         self.probs = probs
         cdf = np.cumsum(probs)

@@ -233,7 +233,7 @@ def train_batch(walks, walk_offset, seed, comp_rows, emb, emb_state, ctx, ctx_st
 def noise_table(counts: np.ndarray, power: float = 0.75) -> np.ndarray:
     """word2vec's unigram^power table: item i fills a share p_i of the entries (items below 1/size never drawn)."""
     counts = np.asarray(counts, dtype=np.float64)
-    probs = counts ** power
+    probs = np.where(counts > 0, counts ** power, 0.0)  # 0 ** 0 is 1: an item never walked is never noise
     probs /= probs.sum()
     size = int(min(NOISE_TABLE_MAX, max(NOISE_TABLE_MIN, 16 * len(counts))))
     cdf = np.cumsum(probs)
