@@ -39,7 +39,7 @@ class Blend:
     """Weights of one segment's blend (warm queries, or cold ones), in FEATURES order."""
 
     weights: tuple[float, ...] = (1.0, 0.0, 0.0, 0.0, 0.0, 0.0)
-    pool: int = 50  # embedding candidates re-ranked per query, besides its co-purchase list
+    pool: int = 100  # embedding candidates re-ranked per query, besides its co-purchase list
 
     def score(self, embedding: np.ndarray, log_pop: np.ndarray, copurchase: np.ndarray,
               same_category: np.ndarray, support: np.ndarray) -> np.ndarray:
@@ -58,7 +58,7 @@ class Blend:
     @classmethod
     def from_dict(cls, spec: dict) -> "Blend":
         weights = spec["weights"]
-        return cls(tuple(float(weights.get(name, 0.0)) for name in FEATURES), int(spec.get("pool", 50)))
+        return cls(tuple(float(weights.get(name, 0.0)) for name in FEATURES), int(spec.get("pool", cls.pool)))
 
 
 @dataclass

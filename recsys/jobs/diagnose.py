@@ -38,6 +38,7 @@ from recsys.embed.train import TrainConfig
 from recsys.evaluation.protocol import EvalConfig, evaluate, prepare
 from recsys.jobs.pipeline import PipelineConfig
 from recsys.jsonsafe import json_safe as _json_safe
+from recsys.recommenders.baselines import user_item_matrix
 from recsys.recommenders.lineup import build_rows
 
 RANDOM_BELOW = 0.1
@@ -55,17 +56,6 @@ class DiagnoseConfig:
     eval_config: EvalConfig = field(default_factory=EvalConfig)
     seed: int = 0
     chunk_rows: int = 128  # sampled nodes per sparse product
-
-
-def user_item_matrix(ds: Dataset) -> sp.csr_matrix:
-    """Binary users x items biadjacency matrix of all purchases."""
-    n_users = max(ds.n_users, int(ds.purchase_user.max()) + 1 if ds.n_purchases else 0)
-    m = sp.csr_matrix((np.ones(ds.n_purchases, np.float32),
-                       (ds.purchase_user.astype(np.int64), ds.purchase_item.astype(np.int64))),
-                      shape=(n_users, ds.n_items))
-    m.sum_duplicates()
-    m.data[:] = 1.0
-    return m
 
 
 def latapy_clustering(biadjacency: sp.csr_matrix, nodes: np.ndarray, chunk_rows: int = 128) -> np.ndarray:

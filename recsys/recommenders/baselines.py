@@ -31,6 +31,25 @@ def basket_item_matrix(ds: Dataset, session_gap_s: int = 3600) -> sp.csr_matrix:
     return m
 
 
+def user_item_matrix(ds: Dataset, binary: bool = True) -> sp.csr_matrix:
+    """Users x items matrix of purchase lines (binary: 1 where a user bought an item at all)."""
+    n_users = int(ds.purchase_user.max()) + 1 if ds.n_purchases else 0
+    m = sp.csr_matrix((np.ones(ds.n_purchases, np.float32),
+                       (ds.purchase_user.astype(np.int64), ds.purchase_item.astype(np.int64))),
+                      shape=(n_users, ds.n_items))
+    m.sum_duplicates()
+    if binary:
+        m.data[:] = 1.0
+    return m
+
+
+def category_mean_vectors(ds: Dataset, vectors: np.ndarray, items: np.ndarray) -> np.ndarray:
+    """(n_categories, dim) mean vector of each category's `items` (bool mask): a cold anchor's stand-in."""
+    member = category_membership(ds, items=items)
+    size = np.asarray(member.sum(axis=0)).ravel()
+    return (np.asarray(member.T @ vectors) / np.maximum(size, 1)[:, None]).astype(np.float32)
+
+
 def cooccurrence_counts(incidence: sp.csr_matrix) -> sp.csr_matrix:
     """Items x items: number of baskets containing both items; the diagonal is zero."""
     c = (incidence.T @ incidence).tocsr()
@@ -291,11 +310,7 @@ class MatrixFactorizationRecommender(_Fitted):
     def fit(self, train: Dataset) -> None:
         self._train = train
         if self.unit == "user":
-            n_users = int(train.purchase_user.max()) + 1 if train.n_purchases else 0
-            r = sp.csr_matrix((np.ones(train.n_purchases, np.float32),
-                               (train.purchase_user.astype(np.int64), train.purchase_item.astype(np.int64))),
-                              shape=(n_users, train.n_items))
-            r.sum_duplicates()
+            r = user_item_matrix(train, binary=False)
             r.data = np.log1p(r.data)  # repeat purchases of staples should not swamp the rest
         else:
             r = basket_item_matrix(train, self.session_gap_s)
@@ -303,10 +318,7 @@ class MatrixFactorizationRecommender(_Fitted):
                                   iterations=self.iterations, seed=self.seed)
         warm = purchase_counts(train) > 0
         factors[~warm] = 0.0  # never-bought items only carry their random init
-        member = category_membership(train, items=warm)
-        size = np.asarray(member.sum(axis=0)).ravel()
-        self.category_factors = (np.asarray(member.T @ factors) /
-                                 np.maximum(size, 1)[:, None]).astype(np.float32)
+        self.category_factors = category_mean_vectors(train, factors, warm)
         self.factors = factors
         self.codes = train.category.codes
         if self.similarity == "cosine":

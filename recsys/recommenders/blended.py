@@ -284,8 +284,12 @@ class BlendedRecommender:
             beta = self.eges.warm_scorer.beta if self.eges.warm_scorer.kind == "inout_prior" else 0.0
             variants = {(cut, scale): _variant(warm_seg.blend, cut, scale, beta)
                         for cut in cfg.popularity_cuts for scale in cfg.embedding_scales}
-            cold_r = (pool_entries(cold_seg, prep.cold_queries, False).measure(cold_seg.blend)[0]
-                      if prep.cold_queries.n_queries else float("nan"))
+            if cold_queries is prep.cold_queries:  # the pools the cold blend was chosen on
+                cold_r = cold_pools.measure(cold_seg.blend)[0]
+            elif prep.cold_queries.n_queries:
+                cold_r = pool_entries(cold_seg, prep.cold_queries, False).measure(cold_seg.blend)[0]
+            else:
+                cold_r = float("nan")
             for (cut, scale), blend in variants.items():
                 warm_r, warm_cov = warm_pools.measure(blend)
                 candidates.append({"half_life_share": share, "half_life_days": days, "popularity_cut": cut,

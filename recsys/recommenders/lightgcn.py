@@ -10,7 +10,8 @@ from torch_geometric.nn.conv import LGConv
 from torch_geometric.nn.models import LightGCN
 
 from recsys.data.dataset import Dataset
-from recsys.recommenders.baselines import _Fitted, basket_item_matrix, category_membership, purchase_counts
+from recsys.recommenders.baselines import (_Fitted, basket_item_matrix, category_mean_vectors, purchase_counts,
+                                           user_item_matrix)
 
 
 class _SymmetricProduct(torch.autograd.Function):
@@ -114,13 +115,7 @@ class LightGCNRecommender(_Fitted):
         """Binary rows x items matrix the graph is built from (users or baskets)."""
         if self.unit == "basket":
             return basket_item_matrix(train, self.session_gap_s)
-        n_users = int(train.purchase_user.max()) + 1 if train.n_purchases else 0
-        r = sp.csr_matrix((np.ones(train.n_purchases, np.float32),
-                           (train.purchase_user.astype(np.int64), train.purchase_item.astype(np.int64))),
-                          shape=(n_users, train.n_items))
-        r.sum_duplicates()
-        r.data[:] = 1.0
-        return r
+        return user_item_matrix(train)
 
     def fit(self, train: Dataset) -> None:
         r = self.interactions(train).tocoo()
@@ -163,9 +158,7 @@ class LightGCNRecommender(_Fitted):
         finally:
             torch.set_num_threads(previous_threads)
         items[~warm] = 0.0  # never-bought items only carry their random init
-        member = category_membership(train, items=warm)
-        size = np.asarray(member.sum(axis=0)).ravel()
-        self.category_vectors = (np.asarray(member.T @ items) / np.maximum(size, 1)[:, None]).astype(np.float32)
+        self.category_vectors = category_mean_vectors(train, items, warm)
         self.item_vectors = items
         self.codes = train.category.codes
         self.fit_stats = {"unit": self.unit, "n_rows": n_rows, "n_edges": int(r.nnz), "loss": losses}
