@@ -12,6 +12,7 @@ from pathlib import Path
 import click
 
 from recsys.app.cli_data import register as register_data_commands
+from recsys.app.cli_http import register as register_http_commands
 from recsys.app.cli_serving import register as register_serving_commands
 from recsys.app.common import database_option, engine_for, fail, quiet_expected_flow_errors, set_debug, user_errors
 from recsys.errors import UserError
@@ -430,6 +431,7 @@ def demo(data, data_path, seed, database_url):
 
 register_serving_commands(main)
 register_data_commands(main)
+register_http_commands(main)
 
 if __name__ == "__main__":
     main()
