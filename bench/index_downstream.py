@@ -23,15 +23,15 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import TAFENG_PATH, machine, tafeng_dataset  # noqa: E402
 
-# name -> (AUTO_FAST_SCAN_DIMS or None for an explicit factory, IndexConfig overrides)
+# name -> IndexConfig overrides
 LAYOUTS = {
-    "default": (1, {}),  # PQ65x4fs + PQ16 query side
-    "fs1_query_pq8": (1, {"query_factory": "PQ8"}),
-    "fs1_query_float16": (1, {"query_factory": None}),
-    "fs1_query_pq16x4fs": (1, {"query_factory": "PQ16x4fs"}),
-    "fs2_query_pq8": (2, {}),  # PQ33x4fs
-    "fs2_query_pq16": (2, {"query_factory": "PQ16"}),
-    "rq16_query_pq8": (None, {"factory": "RQ16x8", "query_factory": "PQ8"}),
+    "default": {},  # PQ65x4fs + PQ16 query side
+    "fs1_query_pq8": {"query_factory": "PQ8"},
+    "fs1_query_float16": {"query_factory": None},
+    "fs1_query_pq16x4fs": {"query_factory": "PQ16x4fs"},
+    "fs2_query_pq8": {"fast_scan_dims": 2, "query_factory": "PQ8"},  # PQ33x4fs
+    "fs2_query_pq16": {"fast_scan_dims": 2, "query_factory": "PQ16"},
+    "rq16_query_pq8": {"factory": "RQ16x8", "query_factory": "PQ8"},
 }
 
 
@@ -41,7 +41,6 @@ def main() -> None:
     parser.add_argument("--layouts", default=",".join(LAYOUTS))
     args = parser.parse_args()
 
-    import recsys.serving.index as ix
     from recsys.embed.train import TrainConfig
     from recsys.evaluation.metrics import score_queries
     from recsys.evaluation.protocol import EvalConfig, prepare
@@ -63,20 +62,13 @@ def main() -> None:
     base = recall(eges)
     print(json.dumps({"layout": "exact EGES", "warm_recall@20": round(base[0], 4), "cold_recall@20": round(base[1], 4)}),
           flush=True)
-    auto_dims = ix.AUTO_FAST_SCAN_DIMS
     for name in args.layouts.split(","):
-        dims, overrides = LAYOUTS[name]
-        if dims is not None:
-            ix.AUTO_FAST_SCAN_DIMS = dims
         started = time.perf_counter()
-        try:
-            rec = CompressedRecommender(eges, IndexConfig(**overrides))
-            rec.fit(prep.split.train)
-        finally:
-            ix.AUTO_FAST_SCAN_DIMS = auto_dims
+        rec = CompressedRecommender(eges, IndexConfig(**LAYOUTS[name]))
+        rec.fit(prep.split.train)
         warm, cold = recall(rec)
         index = rec.warm_index
-        queries = index.query_vectors(np.arange(1000))
+        queries = index.query_vectors(np.arange(1000), basis=eges.cold_queries(np.arange(1000)))
         index.search(queries, 10)
         t = time.perf_counter()
         index.search(queries, 10)

@@ -89,11 +89,12 @@ def train(ds, config: pipeline.PipelineConfig, chosen_from):
 def compress_and_publish(rec, ds, config: pipeline.PipelineConfig, metrics: dict, database_url: str | None,
                          notes: dict):
     settings = get_settings(database_url=database_url)
-    parts = pipeline.build_parts(rec, ds, config, metrics, notes)
+    logger = get_run_logger()
+    parts = pipeline.build_parts(rec, ds, config, metrics, notes, log=logger.info)
     version = publish(get_engine(settings), settings.resolved_artifact_root, parts, alias="candidate",
                       reason="nightly train-and-publish")
-    get_run_logger().info("published version %s (candidate)", version)
-    return version
+    logger.info("published version %s (candidate)", version)
+    return version, parts.index_check
 
 
 @task(cache_policy=NO_CACHE)
@@ -109,7 +110,7 @@ def promote(version: str, database_url: str | None, gates: dict):
 
 
 def publish_artifacts(version: str, metrics: dict, ds, stages: dict, promoted: bool | None,
-                      database_url: str | None) -> str:
+                      database_url: str | None, gates: dict | None = None) -> str:
     """The run's markdown report and metrics table as Prefect artifacts."""
     engine = get_engine(get_settings(database_url=database_url))
     info = get_version(engine, version)
@@ -123,7 +124,8 @@ def publish_artifacts(version: str, metrics: dict, ds, stages: dict, promoted: b
     plots = {title: f"{info.path}/plots/{name}" for title, name in (("loss curve", "loss_curve.svg"),
                                                                     ("attention weights", "attention_weights.svg"))}
     markdown = run_report_markdown(version=version, metrics=metrics, previous=previous, counts=counts,
-                                   stages=stages, promoted=promoted, bundle_path=info.path, plots=plots)
+                                   stages=stages, promoted=promoted, bundle_path=info.path, plots=plots,
+                                   index_gate=Gates(**(gates or {})).max_index_loss)
     create_markdown_artifact(key="recsys-run-report", markdown=markdown,
                              description=f"recsys version {version}")
     create_table_artifact(key="recsys-metrics", table=table_rows(metrics),
@@ -157,12 +159,15 @@ def train_and_publish(database_url: str | None = None, config: dict | None = Non
             rec = train(ds, cfg, chosen_on_split)
         metrics = pipeline.shipped_metrics(report)
         with pipeline.timed(stages, "compress+publish"):
-            version = compress_and_publish(rec, ds, cfg, metrics, database_url,
-                                           {"fingerprint": key, "stages": stages})
+            version, index_check = compress_and_publish(rec, ds, cfg, metrics, database_url,
+                                                        {"fingerprint": key, "stages": stages})
+        if index_check is not None:
+            metrics["index_check"] = index_check
         with pipeline.timed(stages, "promote"):
             promoted = promote(version, database_url, gates or {})
     stages["total"] = round(time.perf_counter() - started, 2)
-    publish_artifacts(version, metrics, ds, stages, promoted, database_url)
+    publish_artifacts(version, metrics, ds, stages, promoted, database_url, gates or {})
     return {"report": report.to_table(), "version": version, "promoted": promoted, "cached": False, "stages": stages,
             "metrics": {"warm_recall@20": metrics.get("warm", {}).get("recall", {}).get("20"),
-                        "cold_recall@20": metrics.get("cold", {}).get("recall", {}).get("20")}}
+                        "cold_recall@20": metrics.get("cold", {}).get("recall", {}).get("20")},
+            "index_check": metrics.get("index_check")}

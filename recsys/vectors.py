@@ -120,9 +120,14 @@ class Scorer:
     * "cosine" / "dot": the query item's H against every item's H;
     * "inout": H of the query against the context ("output") table, the
       quantity skip-gram training optimises;
-    * "inout_prior": that plus beta * log(1 + popularity): query [q, 1] against
-      candidates [c_b, beta log(1 + pop_b)], so maximum-inner-product search
-      (the FAISS index) serves it unchanged.
+    * "inout_prior": that plus beta * log(1 + popularity): query [q, beta]
+      against candidates [c_b, log(1 + pop_b)], so maximum-inner-product
+      search (the FAISS index) serves it unchanged.
+
+    The popularity weight sits on the query side, so every scorer of the inout
+    family ranks against the very same candidate matrix: warm and cold queries
+    with different betas share one index (`candidate_key`). Bundles of formats
+    1 and 2 put beta on the candidate side instead (`legacy_query_matrix`).
     """
 
     kind: str
@@ -143,6 +148,15 @@ class Scorer:
     def key(self) -> str:
         return f"{self.kind}:{self.beta:g}"
 
+    @property
+    def candidate_key(self) -> str:
+        """Scorers with equal keys rank against the same candidate matrix (one index serves them all)."""
+        return "inout" if self.kind in ("inout", "inout_prior") else self.kind
+
+    @property
+    def prior_weight(self) -> float:
+        return self.beta if self.kind == "inout_prior" else 0.0
+
     def item_matrix(self, item_vectors: np.ndarray, context_vectors: np.ndarray,
                     log_pop: np.ndarray) -> np.ndarray:
         """(n_items, dim [+1]) candidate side of the inner product."""
@@ -150,8 +164,7 @@ class Scorer:
             return unit_rows(item_vectors)
         if self.kind == "dot":
             return np.asarray(item_vectors, np.float32)
-        beta = self.beta if self.kind == "inout_prior" else 0.0
-        return np.concatenate([context_vectors, (beta * np.asarray(log_pop))[:, None].astype(np.float32)], axis=1)
+        return np.concatenate([context_vectors, np.asarray(log_pop, np.float32)[:, None]], axis=1)
 
     def query_matrix(self, vectors: np.ndarray) -> np.ndarray:
         """(B, dim [+1]) query side for item vectors (trained or cold-start)."""
@@ -160,4 +173,11 @@ class Scorer:
             return unit_rows(vectors)
         if self.kind == "dot":
             return vectors
+        return np.concatenate([vectors, np.full((len(vectors), 1), self.prior_weight, np.float32)], axis=1)
+
+    def legacy_query_matrix(self, vectors: np.ndarray) -> np.ndarray:
+        """The query side of bundle formats 1 and 2, whose candidates were [c_b, beta log(1 + pop_b)]."""
+        if self.candidate_key != "inout":
+            return self.query_matrix(vectors)
+        vectors = np.asarray(vectors, dtype=np.float32)
         return np.concatenate([vectors, np.ones((len(vectors), 1), np.float32)], axis=1)

@@ -134,7 +134,7 @@ def test_the_client_serves_the_ranking_the_evaluation_measured(shop, tmp_path):
                             blend=SMALL_BLEND)
     shipped = train_final(ds, config, progress=False)
     bundle = open_bundle(write_bundle(tmp_path, None, build_parts(shipped, ds, config, {})))
-    assert bundle.manifest["format_version"] == 2 and bundle.parts.graph is not None
+    assert bundle.manifest["format_version"] == 3 and bundle.parts.graph is not None
     assert bundle.manifest["graph"]["choice"]["candidates"]
     client = Client(bundle)
     shipped.base.fit(ds)  # the same index, for the dense ranking the evaluation scores with

@@ -83,6 +83,24 @@ def test_similar_batch_equals_single_queries(client):
         client.similar_batch(ids, k=3, colour="red")
 
 
+def test_batch_as_arrays_holds_the_same_results(client):
+    ids = ["item-0050", "item-0003", "item-0120", "item-0050"]
+    for filters in ({}, {"same_category": True, "in_stock_only": True}, {"exclude": ["item-0004"]}):
+        objects = client.similar_batch(ids, k=6, **filters)
+        arrays = client.similar_batch(ids, k=6, as_arrays=True, **filters)
+        assert arrays.item_ids.shape == arrays.scores.shape == (len(ids), 6)
+        assert arrays.counts.tolist() == [len(r) for r in objects]
+        for j, result in enumerate(objects):
+            assert arrays.item_ids[j, :len(result)].tolist() == [n.item_id for n in result]
+            np.testing.assert_allclose(arrays.scores[j, :len(result)], [n.score for n in result], rtol=1e-5)
+            assert (arrays.item_ids[j, len(result):] == "").all() and np.isnan(arrays.scores[j, len(result):]).all()
+    # fewer matches than k: padded, and counted
+    few = client.similar_batch(["item-0050"], k=500, as_arrays=True)
+    assert few.counts[0] == len(client.similar("item-0050", k=500)) < 500
+    empty = client.similar_batch([], k=3, as_arrays=True)
+    assert empty.item_ids.shape == (0, 3) and empty.counts.shape == (0,)
+
+
 def test_unknown_item_is_a_clear_key_error(client):
     with pytest.raises(UnknownItemError) as err:
         client.similar("no-such-item")

@@ -217,3 +217,41 @@ def test_compressed_recommender_on_a_synthetic_shop():
     top_pq = np.argsort(-warm, axis=1)[:, :20]
     assert np.mean([len(set(a) & set(b)) / 20 for a, b in zip(top_exact, top_pq)]) >= 0.5
     assert rec.warm_index.bytes_per_item > 0
+
+
+def same_up_to_ties(a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndarray]) -> bool:
+    """Equal scores everywhere, equal ids wherever the score is not tied with a neighbour's."""
+    (sa, ia), (sb, ib) = a, b
+    if not np.array_equal(sa, sb):
+        return False
+    tied = np.zeros(sa.shape, bool)
+    tied[:, 1:] |= sa[:, 1:] == sa[:, :-1]
+    tied[:, :-1] |= sa[:, :-1] == sa[:, 1:]
+    return bool((ia[~tied] == ib[~tied]).all()) and all(set(x) == set(y) for x, y in zip(ia.tolist(), ib.tolist()))
+
+
+@pytest.mark.parametrize("name", ["auto", "ivf"])
+@pytest.mark.parametrize("n_shards", [2, 4])
+def test_shards_answer_as_the_unsharded_index(indexes, name, n_shards, tmp_path):
+    import dataclasses
+
+    sharded = SimilarityIndex.build(ITEMS, QUERIES, dataclasses.replace(CONFIGS[name], shards=n_shards))
+    whole = indexes[name]
+    assert sharded.meta["shard_bounds"][-1] == N and len(sharded.meta["shard_bounds"]) == n_shards + 1
+    queries = whole.query_vectors(np.arange(60))
+    np.testing.assert_array_equal(sharded.query_vectors(np.arange(60)), queries)
+    np.testing.assert_array_equal(sharded.candidate_vectors(np.arange(0, N, 7)), whole.candidate_vectors(np.arange(0, N, 7)))
+    rng = np.random.default_rng(3)
+    allowed = rng.random(N) < 0.2
+    exclude = rng.integers(0, N, (60, 5))
+    for kwargs in ({}, {"allowed": allowed}, {"exclude": exclude}, {"allowed": allowed, "exclude": exclude}):
+        got = sharded.search(queries, 10, **kwargs)
+        assert same_up_to_ties(got, whole.search(queries, 10, **kwargs)), kwargs
+        assert (got[1] >= 0).all(), "k results under filters"
+        if "allowed" in kwargs:
+            assert allowed[got[1]].all()
+    sharded.save(tmp_path / "index")
+    assert sorted(p.name for p in (tmp_path / "index").glob("candidates*")) == [
+        f"candidates.{i}.faiss" for i in range(n_shards)]
+    loaded = SimilarityIndex.load(tmp_path / "index")
+    assert same_up_to_ties(loaded.search(queries, 10, allowed=allowed), sharded.search(queries, 10, allowed=allowed))

@@ -289,6 +289,9 @@ def diagnose(quick, seed, json_out, database_url):
 @click.option("--min-cold-recall", default=0.0, show_default=True, help="Promotion gate: cold Recall@20 floor.")
 @click.option("--max-drop", default=0.05, show_default=True,
               help="Promotion gate: largest relative Recall@20 drop allowed against production.")
+@click.option("--allow-index-loss", is_flag=True,
+              help="Promote even when the shipped compressed index loses more than 2% of exact search's "
+                   "Recall@20 on the run's validation queries (the run report says it was overridden).")
 @click.option("--wait-for-lock", default="0", show_default=True, callback=_duration,
               help="If another run is publishing, wait this long (e.g. 30m) instead of exiting.")
 @click.option("--seed", default=0, show_default=True)
@@ -297,8 +300,8 @@ def diagnose(quick, seed, json_out, database_url):
                    "(slower; same as --threads 1 plus single-threaded FAISS and torch).")
 @database_option
 @user_errors
-def train(force, dim, epochs, threads, max_queries, all_rows, min_warm_recall, min_cold_recall, max_drop, wait_for_lock,
-          seed, deterministic, database_url):
+def train(force, dim, epochs, threads, max_queries, all_rows, min_warm_recall, min_cold_recall, max_drop,
+          allow_index_loss, wait_for_lock, seed, deterministic, database_url):
     """Run the train-and-publish flow once, now.
 
     Extract, evaluate against the baselines, train EGES on all data, compress,
@@ -325,6 +328,8 @@ def train(force, dim, epochs, threads, max_queries, all_rows, min_warm_recall, m
         config["eval_rows"] = list(ROW_NAMES)
     gates = {"min_warm_recall_at_20": min_warm_recall, "min_cold_recall_at_20": min_cold_recall,
              "max_relative_drop": max_drop}
+    if allow_index_loss:
+        gates["max_index_loss"] = None
     quiet_expected_flow_errors()
     result = train_and_publish(database_url=database_url, config=config, gates=gates, force=force,
                                wait_for_lock_s=float(wait_for_lock))
@@ -383,6 +388,12 @@ def _print_train_result(result: dict) -> None:
     click.echo(f"Published version {result['version']} ({promoted}).")
     if result.get("report"):
         click.echo(result["report"])
+    check = result.get("index_check")
+    if check:
+        click.echo(f"Index: {check['layout']} ({check['factory']} / query {check['query_factory']}), "
+                   f"{check['bytes_per_item']} bytes per item, {check['loss']:.2%} below exact search's Recall@20 "
+                   f"({check['measured_loss']:.2%} beyond query-sampling noise) "
+                   f"on {check['n_queries']['warm']} warm / {check['n_queries']['cold']} cold validation queries.")
     stages = ", ".join(f"{k} {v:.1f}s" for k, v in result.get("stages", {}).items())
     click.echo(f"Stages: {stages}")
 

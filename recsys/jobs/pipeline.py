@@ -25,6 +25,7 @@ from recsys.evaluation.protocol import EvalConfig, evaluate
 from recsys.evaluation.report import EvaluationReport
 from recsys.ingest.db import get_engine
 from recsys.config import get_settings
+from recsys.jobs.index_check import IndexCheckConfig, check_model_index
 from recsys.jobs.plots import bar_chart_svg, line_chart_svg
 from recsys.recommenders.blended import BlendConfig, BlendedRecommender
 from recsys.recommenders.eges import EGESRecommender, ScorerConfig
@@ -46,6 +47,7 @@ class PipelineConfig:
     scoring: ScorerConfig = field(default_factory=ScorerConfig)
     graph: GraphConfig = field(default_factory=GraphConfig)
     index: IndexConfig = field(default_factory=IndexConfig)
+    index_check: IndexCheckConfig = field(default_factory=IndexCheckConfig)
     blend: BlendConfig = field(default_factory=BlendConfig)
     evaluation: EvalConfig = field(default_factory=lambda: dataclasses.replace(NIGHTLY_EVALUATION))
     eval_rows: tuple[str, ...] = NIGHTLY_ROWS
@@ -71,7 +73,7 @@ class PipelineConfig:
                 values.setdefault("seed", seed)
             # JSON has lists; the configs hold tuples
             values = {k: tuple(v) if k in ("ks", "beta_grid", "half_lives", "popularity_cuts", "embedding_scales",
-                                                          "features") else v
+                                                          "features", "layouts") else v
                       for k, v in values.items()}
             parts[f.name] = dataclasses.replace(default, **values)
         return cls(**parts, eval_rows=tuple(spec.get("eval_rows") or NIGHTLY_ROWS))
@@ -131,14 +133,29 @@ def shipped_metrics(report) -> dict:
 
 
 def build_parts(shipped: BlendedRecommender, ds: Dataset, config: PipelineConfig, metrics: dict,
-                extra_notes: dict | None = None) -> BundleParts:
-    """The bundle of the shipped model: EGES's model and scorers, the index, the blend, the training plots."""
+                extra_notes: dict | None = None, log=None) -> BundleParts:
+    """The bundle of the shipped model: EGES's model and scorers, the index, the blend, the training plots.
+
+    The index is the smallest layout of the run's index check that keeps
+    Recall@20 of exact search (recsys/jobs/index_check.py); its record goes
+    into the manifest (`index_check`) and the metrics, where the promotion
+    gate reads it. With the check off, `config.index` as configured.
+    """
     rec = shipped.eges
     if rec.trained is None or shipped.warm_blend is None:
         raise ValueError(f"{shipped.name}: fit it before publishing")
+    check = None
+    if config.index_check.enabled:
+        check = check_model_index(rec, ds, config.index, config.index_check, config.evaluation, log=log)
+        metrics = {**metrics, "index_check": check.record}
+        if log:
+            log(f"index check: shipping {check.layout} ({check.record['bytes_per_item']} bytes/item, "
+                f"loss {check.record['loss']:.2%} of exact Recall@20)")
     parts = parts_from_model(rec.trained, ds, rec.warm_scorer, rec.cold_scorer, log_popularity=rec.log_popularity,
-                             index_config=config.index, metrics=metrics,
-                             watermark=ds.watermark.as_dict() if ds.watermark else {})
+                             index_config=check.config if check else config.index, metrics=metrics,
+                             watermark=ds.watermark.as_dict() if ds.watermark else {},
+                             indexes=check.indexes if check else None)
+    parts.index_check = check.record if check else None
     parts.graph = GraphEvidence.from_positions(parts.items.index_row, shipped.warm_blend, shipped.cold_blend,
                                                shipped.item_partners, shipped.category_partners, shipped.log_pop,
                                                shipped.category_support, shipped.category_members, shipped.choice)

@@ -32,7 +32,8 @@ def table_rows(metrics: dict) -> list[dict]:
 
 
 def run_report_markdown(*, version: str, metrics: dict, previous: tuple[str, dict] | None, counts: dict,
-                        stages: dict, promoted: bool | None, bundle_path: str, plots: dict[str, str]) -> str:
+                        stages: dict, promoted: bool | None, bundle_path: str, plots: dict[str, str],
+                        index_gate: float | None = 0.02) -> str:
     lines = [f"# recsys version `{version}`", ""]
     status = {True: "promoted to **production**", False: "kept as **candidate** (quality gates failed)",
               None: "not promoted"}[promoted]
@@ -48,6 +49,7 @@ def run_report_markdown(*, version: str, metrics: dict, previous: tuple[str, dic
                      f"{_fmt(row['warm_mrr'])} | {_fmt(row['warm_coverage@20'], 3)} | {_fmt(row['warm_tail_recall@20'])} | "
                      f"{_fmt(row['cold_recall@20'])} | "
                      f"{_fmt(row['cold_hitrate@20'])} | {_fmt(row['cold_coverage@20'], 3)} |")
+    lines += ["", *index_check_markdown(metrics.get("index_check"), index_gate)]
     lines += ["", "## Against the previous version", ""]
     if previous is None:
         lines.append("No previous production version.")
@@ -66,3 +68,26 @@ def run_report_markdown(*, version: str, metrics: dict, previous: tuple[str, dic
         lines += ["", "## Plots (in the bundle)", ""]
         lines += [f"- {title}: `{path}`" for title, path in plots.items()]
     return "\n".join(lines) + "\n"
+
+
+def index_check_markdown(check: dict | None, gate: float | None) -> list[str]:
+    """The run's check of its compressed index against exact search, with the layouts it tried."""
+    lines = ["## Compressed index against exact search", ""]
+    if not check:
+        return lines + ["Not checked (index_check disabled): the configured layout ships as it is."]
+    gate_text = ("gate overridden (`--allow-index-loss`): promoted whatever the loss" if gate is None
+                 else f"promotion gate: at most {gate:.0%}")
+    lines += [f"Shipped layout **{check.get('layout')}** ({check.get('factory')} / query {check.get('query_factory')}), "
+              f"{check.get('bytes_per_item')} bytes per item; loss {check.get('loss', 0):.2%} of exact Recall@20, "
+              f"{check.get('measured_loss', check.get('loss', 0)):.2%} beyond 2 standard errors of query sampling "
+              f"(chosen: the smallest within {check.get('max_loss', 0):.0%}; {gate_text}).", "",
+              "| layout | bytes/item | warm R@20 index / exact | cold R@20 index / exact | loss | beyond noise |",
+              "|---|---|---|---|---|---|"]
+    for entry in check.get("candidates", []):
+        cells = []
+        for segment in ("warm", "cold"):
+            seg = entry.get(segment)
+            cells.append(f"{_fmt(seg.get('index'))} / {_fmt(seg.get('exact'))}" if seg else "–")
+        lines.append(f"| {entry.get('layout')} | {entry.get('bytes_per_item')} | {cells[0]} | {cells[1]} | "
+                     f"{entry.get('loss', 0):.2%} | {entry.get('measured_loss', entry.get('loss', 0)):.2%} |")
+    return lines

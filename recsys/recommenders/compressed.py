@@ -60,7 +60,8 @@ class CompressedRecommender:
 
     def score_warm(self, anchors: np.ndarray) -> np.ndarray:
         self._check_fitted()
-        query = self.warm_index.query_vectors(np.asarray(anchors, dtype=np.int64))
+        anchors = np.asarray(anchors, dtype=np.int64)
+        query = self.warm_index.query_vectors(anchors, basis=self.base.cold_queries(anchors))
         return (query @ self._warm_candidates.T).astype(np.float32)
 
     def score_cold(self, anchors: np.ndarray) -> np.ndarray:

@@ -46,8 +46,9 @@ from recsys.serving.store import (BundleError, BundleExistsError, StepCallback, 
 from recsys.vectors import Scorer
 
 # 2: the shipped ranking's graph evidence (graph/, manifest "graph"); format 1 bundles (no graph/) still open
-FORMAT_VERSION = 2
-READABLE_FORMATS = (1, 2)
+# 3: the popularity weight on the query side (`Scorer`): warm and cold share one candidate index
+FORMAT_VERSION = 3
+READABLE_FORMATS = (1, 2, 3)
 MANIFEST = "manifest.json"
 # Every file of a bundle has one of these suffixes: arrays, JSON, FAISS binaries. No pickle.
 ALLOWED_SUFFIXES = (".npy", ".json", ".faiss", ".index", ".bin", ".svg")
@@ -144,6 +145,11 @@ class BundleParts:
     # report files stored beside the model (e.g. "plots/loss_curve.svg"); checksummed like the rest
     extra_files: dict[str, bytes] = field(default_factory=dict)
     graph: GraphEvidence | None = None  # the re-ranking blend and its co-purchase lists (format 2)
+    # where the inout_prior scorers' popularity weight is: "query" (format 3: warm and cold share the
+    # candidate codes) or "candidates" (formats 1 and 2, whose patches keep it)
+    popularity_weight_on: str = "query"
+    # the run's check of its index against exact search (recsys/jobs/index_check.py); None = unchecked
+    index_check: dict | None = None
 
     def validate(self) -> None:
         self.items.validate()
@@ -157,6 +163,9 @@ class BundleParts:
         for name in ("warm", "cold"):
             if name in self.indexes and name not in self.scorers:
                 raise ValueError(f"BundleParts.scorers has no entry for the {name!r} index")
+        if self.popularity_weight_on not in ("query", "candidates"):
+            raise ValueError(f"BundleParts.popularity_weight_on must be 'query' or 'candidates', "
+                             f"got {self.popularity_weight_on!r}")
         if self.kind not in ("full", "patch"):
             raise ValueError(f"BundleParts.kind must be 'full' or 'patch', got {self.kind!r}")
         if self.kind == "patch" and not self.parent_version:
@@ -261,13 +270,14 @@ def cold_start_vectors(model: ModelTables, codes: np.ndarray) -> np.ndarray:
 def parts_from_model(trained, ds, warm_scorer: Scorer, cold_scorer: Scorer | None = None, *,
                      log_popularity: np.ndarray | None = None, candidates: np.ndarray | None = None,
                      index_config=None, metrics: dict | None = None, watermark: dict | None = None,
-                     index_class=None) -> BundleParts:
+                     index_class=None, indexes: dict | None = None) -> BundleParts:
     """Bundle parts of a trained model: builds the index(es) over the candidate items.
 
     trained: recsys.embed.trained.TrainedModel; ds: the Dataset it was trained
     on (same item order); warm_scorer/cold_scorer: the scorers the recommender
     chose; candidates: items that may be returned as neighbours (default:
-    items that appeared in the training walks).
+    items that appeared in the training walks); indexes: already built over
+    those items with `build_scorer_indexes` (the run's index check), else built here.
     """
     n = ds.n_items
     if trained.item_vectors.shape[0] != n:
@@ -289,10 +299,12 @@ def parts_from_model(trained, ds, warm_scorer: Scorer, cold_scorer: Scorer | Non
                         config=_json_safe(dict(trained.config)),
                         cold_map=None if trained.cold_map is None else np.asarray(trained.cold_map, np.float32))
     cold_scorer = cold_scorer or warm_scorer
-    indexes = build_scorer_indexes(trained.item_vectors[rows], trained.context_vectors[rows], log_popularity[rows],
-                                   lambda: cold_start_vectors(model, trained.item_feature_codes[rows]),
-                                   warm_scorer, cold_scorer, index_config, index_class)
-    scorers = {name: s.to_dict() for name, s in (("warm", warm_scorer), ("cold", cold_scorer)) if name in indexes}
+    if indexes is None:
+        indexes = build_scorer_indexes(trained.item_vectors[rows], trained.context_vectors[rows],
+                                       log_popularity[rows],
+                                       lambda: cold_start_vectors(model, trained.item_feature_codes[rows]),
+                                       warm_scorer, cold_scorer, index_config, index_class)
+    scorers = {"warm": warm_scorer.to_dict(), "cold": cold_scorer.to_dict()}
     items = ItemTable(
         item_ids=np.asarray([str(x) for x in ds.item_ids.tolist()], dtype=np.str_),
         category=ds.category.codes.astype(np.int32), category_values=list(ds.category.values),
@@ -429,6 +441,8 @@ def _fill(parts: BundleParts, version: str, on_step: StepCallback | None) -> Cal
             "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             "model_config": model.config,
             "scorers": parts.scorers,
+            "popularity_weight_on": parts.popularity_weight_on,
+            "index_check": parts.index_check,
             "indexes": {name: _index_info(index) for name, index in parts.indexes.items()},
             "data_watermark": parts.watermark,
             "row_counts": {"items": len(items), "indexed_items": int((items.index_row >= 0).sum()),
@@ -452,6 +466,11 @@ def _index_info(index) -> dict:
         value = getattr(index, attr, None)
         if value is not None and not callable(value):
             info[attr] = _json_safe(value)
+    meta = getattr(index, "meta", None)
+    if isinstance(meta, dict):  # the layout, and the shards' item ranges (recsys/serving/shards.py)
+        info.update({"factory": meta.get("factory_used"), "query_factory": meta.get("query_factory_used"),
+                     "shards": len(meta["shard_bounds"]) - 1 if meta.get("shard_bounds") else 1,
+                     "shard_bounds": meta.get("shard_bounds")})
     return info
 
 
@@ -583,7 +602,9 @@ def open_bundle(path: str | Path, verify: bool = True, index_class=None) -> Bund
     parts = BundleParts(items=items, model=model, indexes=indexes, scorers=manifest.get("scorers") or {},
                         metrics=manifest.get("metrics") or {}, watermark=manifest.get("data_watermark") or {},
                         kind=manifest.get("kind", "full"), parent_version=manifest.get("parent_version"),
-                        notes=manifest.get("notes") or {}, graph=graph)
+                        notes=manifest.get("notes") or {}, graph=graph,
+                        popularity_weight_on=manifest.get("popularity_weight_on", "candidates"),
+                        index_check=manifest.get("index_check"))
     try:
         parts.validate()
     except ValueError as exc:

@@ -35,7 +35,7 @@ import math
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence
+from typing import Iterable, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
@@ -59,21 +59,57 @@ class NoVersionError(UserError):
     """The registry alias points at no version yet."""
 
 
-@dataclass(slots=True)
 class Neighbor:
-    item_id: str
-    score: float
-    rank: int  # 1-based
-    category: str | None
-    brand: str | None
-    price: float | None
-    in_stock: bool
-    # Why this item: {"query": how the query was answered, "query_attention": the
-    # query item's attention weight per component (item_id and side features),
-    # "shared": side features the result shares with the query; for side-feature
-    # queries also "unknown_values" and "note"}. The nested query_attention dict is shared
-    # by the results of one query: treat it as read-only.
-    why: dict
+    """One similar item: item_id, score, rank (1-based), category, brand, price, in_stock, why.
+
+    why: {"query": how the query was answered, "query_attention": the query
+    item's attention weight per component (item_id and side features),
+    "shared": side features the result shares with the query; for
+    side-feature queries also "unknown_values" and "note"}. The nested
+    query_attention dict is shared by the results of one query: treat it as
+    read-only. `why` is assembled on first access (a batch of 1,000 queries
+    builds 10,000 results; most callers never read it).
+    """
+
+    __slots__ = ("item_id", "score", "rank", "category", "brand", "price", "in_stock", "_why", "_query_why",
+                 "_shared")
+
+    def __init__(self, item_id: str, score: float, rank: int, category: str | None, brand: str | None,
+                 price: float | None, in_stock: bool, why: dict | None = None):
+        self.item_id, self.score, self.rank, self.category, self.brand = item_id, score, rank, category, brand
+        self.price, self.in_stock = price, in_stock
+        self._why, self._query_why, self._shared = why, None, ()
+
+    @classmethod
+    def _lazy(cls, item_id, score, rank, category, brand, price, in_stock, query_why: dict, shared: tuple):
+        out = cls.__new__(cls)
+        out.item_id, out.score, out.rank, out.category, out.brand = item_id, score, rank, category, brand
+        out.price, out.in_stock = price, in_stock
+        out._why, out._query_why, out._shared = None, query_why, shared
+        return out
+
+    @property
+    def why(self) -> dict:
+        if self._why is None:
+            self._why = {**(self._query_why or {}), "shared": list(self._shared)}
+        return self._why
+
+    @why.setter
+    def why(self, value: dict) -> None:
+        self._why = value
+
+    def _fields(self) -> tuple:
+        return (self.item_id, self.score, self.rank, self.category, self.brand, self.price, self.in_stock, self.why)
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Neighbor) and self._fields() == other._fields()
+
+    __hash__ = None  # mutable, like the dataclass it replaces
+
+    def __repr__(self) -> str:
+        return (f"Neighbor(item_id={self.item_id!r}, score={self.score!r}, rank={self.rank!r}, "
+                f"category={self.category!r}, brand={self.brand!r}, price={self.price!r}, "
+                f"in_stock={self.in_stock!r}, why={self.why!r})")
 
 
 # --------------------------------------------------------------------------- the loaded version
@@ -106,6 +142,8 @@ class _Snapshot:
         pos_of_row = np.empty(len(indexed), np.int64)
         pos_of_row[self.index_row[indexed]] = indexed
         self.pos_of_row = pos_of_row.tolist()
+        self.pos_of_row_array = pos_of_row
+        self.item_id_array = np.asarray(self.item_ids, dtype=np.str_)
         self.n_rows = len(pos_of_row)
         self.row_category = items.category[pos_of_row]
         self.row_brand = items.brand[pos_of_row]
@@ -114,6 +152,9 @@ class _Snapshot:
 
         self.feature_codes = items.feature_codes
         self.codes_list = [tuple(row) for row in items.feature_codes.tolist()]
+        # what a result shows, per index row: (item_id, category, brand, price, in_stock, feature codes)
+        self.result_of_row = [(self.item_ids[p], self.category_names[p], self.brand_names[p], self.prices[p],
+                               self.stock[p], self.codes_list[p]) for p in self.pos_of_row]
         self.feature_names = list(self.model.feature_names)
         component_names = [ID_FEATURE, *self.feature_names]
         weights = attention_weights(items.attention_logits, items.feature_codes).tolist()
@@ -123,6 +164,9 @@ class _Snapshot:
         self.cold_index = parts.indexes.get("cold", self.warm_index)
         self.warm_scorer = Scorer.from_dict(parts.scorers["warm"])
         self.cold_scorer = Scorer.from_dict(parts.scorers.get("cold", parts.scorers["warm"]))
+        # formats 1 and 2 weighted popularity on the candidate side: their cold queries carry a 1 there
+        self.cold_queries = (self.cold_scorer.query_matrix if parts.popularity_weight_on == "query"
+                             else self.cold_scorer.legacy_query_matrix)
         self.can_cold_start = bool(self.feature_names) and self.model.config.get("mode") != "bge"
         self.masks: dict[tuple, np.ndarray] = {}
         self.graph = parts.graph  # the shipped ranking's re-ranking evidence (None: a format-1 bundle)
@@ -336,15 +380,26 @@ class Client:
         k = _check_k(k)
         return _finish(snap, _run(snap, [_item_query(snap, item_id)], k, filters)[0], k, filters)
 
-    def similar_batch(self, item_ids: Sequence[str], k: int = 10, **filters) -> list[list[Neighbor]]:
-        """`similar` for many items: one index search per filter group (one without relative filters)."""
+    def similar_batch(self, item_ids: Sequence[str], k: int = 10, *, as_arrays: bool = False,
+                      **filters) -> list[list[Neighbor]] | SimilarArrays:
+        """`similar` for many items: one index search per filter group (one without relative filters).
+
+        as_arrays=True returns a `SimilarArrays` (item ids and scores as (n, k)
+        numpy arrays, padded where fewer than k items match) instead of
+        Neighbor objects: the same results without their per-result Python cost.
+        """
         if isinstance(item_ids, (str, bytes)):
             raise TypeError(f"similar_batch takes a list of item ids, got the string {item_ids!r}; "
                             f"use similar({item_ids!r}) for one item, or similar_batch([{item_ids!r}])")
         snap = self._snapshot
         queries = [_item_query(snap, item_id) for item_id in item_ids]
         k, checked = _check_k(k), _filters(filters)
-        return [_finish(snap, result, k, checked) for result in _run(snap, queries, k, checked)]
+        scores, rows = _search(snap, queries, k, checked)
+        if as_arrays:
+            return _arrays(snap, queries, scores, rows, k)
+        scores_list, rows_list = scores.tolist(), rows.tolist()
+        return [_finish(snap, _neighbors(snap, q, scores_list[j], rows_list[j], k), k, checked)
+                for j, q in enumerate(queries)]
 
     def similar_to_new_item(self, category: str | None = None, brand: str | None = None, price: float | None = None,
                             k: int = 10, *, exclude: Sequence[str] = (), in_stock_only: bool = False,
@@ -370,6 +425,19 @@ class Client:
                            price_ratio).validate()
         k = _check_k(k)
         return _finish(snap, _run(snap, [query], k, filters)[0], k, filters)
+
+
+class SimilarArrays(NamedTuple):
+    """Results of `similar_batch(..., as_arrays=True)`, row j for the j-th query.
+
+    item_ids: (n, k) str array, "" past a row's results; scores: (n, k)
+    float32, NaN past them; counts: (n,) results per row (< k only when fewer
+    items match the filters or exist).
+    """
+
+    item_ids: np.ndarray
+    scores: np.ndarray
+    counts: np.ndarray
 
 
 class NeighborList(list):
@@ -533,7 +601,32 @@ def _query_mask(snap: _Snapshot, query: _Query, filters: _Filters | None) -> np.
 
 
 def _run(snap: _Snapshot, queries: list[_Query], k: int, filters: _Filters | None) -> list[list[Neighbor]]:
-    """Answer queries: group them by (vector source, allowed mask) and search each group once."""
+    """Answer queries as Neighbor lists."""
+    scores, rows = _search(snap, queries, k, filters)
+    scores_list, rows_list = scores.tolist(), rows.tolist()
+    return [_neighbors(snap, q, scores_list[j], rows_list[j], k) for j, q in enumerate(queries)]
+
+
+def _arrays(snap: _Snapshot, queries: list[_Query], scores: np.ndarray, rows: np.ndarray, k: int) -> SimilarArrays:
+    """The first k results of each row that are not the query item, as arrays."""
+    anchors = np.fromiter((q.row for q in queries), np.int64, len(queries))
+    keep = (rows >= 0) & (rows != anchors[:, None])
+    order = np.argsort(~keep, axis=1, kind="stable")[:, :k]
+    rows, keep = np.take_along_axis(rows, order, 1), np.take_along_axis(keep, order, 1)
+    scores = np.take_along_axis(scores, order, 1).astype(np.float32)
+    ids = snap.item_id_array[snap.pos_of_row_array[np.maximum(rows, 0)]]
+    pad = np.zeros((len(queries), max(0, k - rows.shape[1])), bool)
+    keep = np.concatenate([keep, pad], axis=1)
+    ids = np.concatenate([ids, np.zeros(pad.shape, ids.dtype)], axis=1)
+    scores = np.concatenate([scores, np.full(pad.shape, np.nan, np.float32)], axis=1)
+    return SimilarArrays(np.where(keep, ids, ""), np.where(keep, scores, np.float32(np.nan)),
+                         keep.sum(axis=1).astype(np.int64))
+
+
+def _search(snap: _Snapshot, queries: list[_Query], k: int, filters: _Filters | None) -> tuple[np.ndarray, np.ndarray]:
+    """(scores, index rows), each (n_queries, k + 1), -inf / -1 past a row's results (warm rows may hold
+    the query item itself: callers drop it). Queries are grouped by (vector source, allowed mask) and
+    each group is searched once."""
     groups: dict[tuple, list[int]] = {}
     masks: dict[tuple, np.ndarray | None] = {}
     excluded = snap.excluded_rows(filters.exclude) if filters is not None and filters.exclude else []
@@ -551,16 +644,22 @@ def _run(snap: _Snapshot, queries: list[_Query], k: int, filters: _Filters | Non
         key = (query.row >= 0, id(mask) if mask is not None else None)
         masks[key] = mask
         groups.setdefault(key, []).append(qi)
-    results: list[list[Neighbor] | None] = [None] * len(queries)
+    width = min(k + 1, snap.n_rows)
+    out_scores = np.full((len(queries), width), -np.inf, np.float32)
+    out_rows = np.full((len(queries), width), -1, np.int64)
     for key, members in groups.items():
         warm = key[0]
         if warm:
-            vectors = snap.warm_index.query_vectors(np.fromiter((queries[i].row for i in members), np.int64,
-                                                                len(members)))
+            rows = np.fromiter((queries[i].row for i in members), np.int64, len(members))
+            basis = None
+            if snap.warm_index.meta.get("query_basis_dim"):  # the query side is a residual over side features
+                positions = np.fromiter((queries[i].pos for i in members), np.int64, len(members))
+                basis = cold_start_vectors(snap.model, snap.feature_codes[positions])
+            vectors = snap.warm_index.query_vectors(rows, basis=basis)
             index, extra = snap.warm_index, 1  # the query item itself comes back: ask one more
         else:
             codes = np.asarray([queries[i].codes for i in members], dtype=np.int64).reshape(len(members), -1)
-            vectors = snap.cold_scorer.query_matrix(cold_start_vectors(snap.model, codes))
+            vectors = snap.cold_queries(cold_start_vectors(snap.model, codes))
             index, extra = snap.cold_index, 0
         n_search = min(k + extra, snap.n_rows)
         if snap.graph is None:
@@ -569,10 +668,11 @@ def _run(snap: _Snapshot, queries: list[_Query], k: int, filters: _Filters | Non
             anchors = [queries[i].pos if warm else queries[i].category for i in members]
             scores, rows = _blended_search(snap, index, vectors, np.asarray(anchors, np.int64), warm, n_search,
                                            masks[key])
-        scores, rows = np.asarray(scores).tolist(), np.asarray(rows).tolist()
-        for j, qi in enumerate(members):
-            results[qi] = _neighbors(snap, queries[qi], scores[j], rows[j], k)
-    return results  # type: ignore[return-value]
+        scores, rows = np.asarray(scores), np.asarray(rows)
+        take = min(width, rows.shape[1])
+        members_at = np.asarray(members, np.int64)
+        out_scores[members_at, :take], out_rows[members_at, :take] = scores[:, :take], rows[:, :take]
+    return out_scores, out_rows
 
 
 def _blended_search(snap: _Snapshot, index, vectors: np.ndarray, anchors: np.ndarray, warm: bool, n: int,
@@ -612,20 +712,18 @@ def _blended_search(snap: _Snapshot, index, vectors: np.ndarray, anchors: np.nda
 def _neighbors(snap: _Snapshot, query: _Query, scores: list[float], rows: list[int], k: int) -> list[Neighbor]:
     out: list[Neighbor] = []
     why_base, anchor, query_codes = query.why, query.row, query.codes
-    names, codes_list, pos_of_row = snap.feature_names, snap.codes_list, snap.pos_of_row
-    shared_of: dict[tuple, list] = {}  # the shared features, by the result's codes (often repeated)
+    names, result_of_row, lazy = snap.feature_names, snap.result_of_row, Neighbor._lazy
+    shared_of: dict[tuple, tuple] = {}  # the shared features, by the result's codes (often repeated)
+    rank = 0
     for score, row in zip(scores, rows):
         if row < 0 or row == anchor:
             continue
-        pos = pos_of_row[row]
-        why = dict(why_base)
-        codes = codes_list[pos]
+        item_id, category, brand, price, stock, codes = result_of_row[row]
         shared = shared_of.get(codes)
         if shared is None:
-            shared = shared_of[codes] = [n for n, a, b in zip(names, query_codes, codes) if a and a == b]
-        why["shared"] = list(shared)
-        out.append(Neighbor(snap.item_ids[pos], score, len(out) + 1, snap.category_names[pos], snap.brand_names[pos],
-                            snap.prices[pos], snap.stock[pos], why))
-        if len(out) == k:
+            shared = shared_of[codes] = tuple(n for n, a, b in zip(names, query_codes, codes) if a and a == b)
+        rank += 1
+        out.append(lazy(item_id, score, rank, category, brand, price, stock, why_base, shared))
+        if rank == k:
             break
     return out

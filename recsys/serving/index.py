@@ -41,6 +41,7 @@ import faiss
 import numpy as np
 
 from recsys.jsonsafe import json_safe as _json_safe
+from recsys.serving.shards import ShardedCodes
 from recsys.vectors import Scorer
 
 # the layout of index.json and the files beside it; a bundle's own format is recsys.serving.bundle.FORMAT_VERSION
@@ -48,15 +49,13 @@ INDEX_FORMAT_VERSION = 1
 CANDIDATE_FILE, RERANK_FILE, QUERY_FILE, META_FILE = "candidates.faiss", "rerank.faiss", "queries.faiss", "index.json"
 HALF_FILE = "queries_f16.npy"  # query side kept as float16 (query_factory=None)
 PRIOR_FILE = "prior_f16.npy"  # the prior column, exact (float16), for re-scoring
+QUERY_MAP_FILE = "query_map.npy"  # the linear map of a residual query side
 MAX_PAD = 64  # zero columns tried when a factory does not accept the vectors' width
-AUTO_DIMS_PER_BYTE = 4  # "auto" candidate side behind IVF lists: PQ16 at 64 dimensions
-# "auto" candidate side of flat indexes: 4-bit fast-scan PQ, this many dimensions per 4-bit code
-AUTO_FAST_SCAN_DIMS = 1
-AUTO_QUERY_DIMS_PER_BYTE = 4  # "auto" query side of flat indexes: PQ16 at 64 dimensions
-# Behind IVF lists (8-byte ids each) the query side gets PQ4 at 64 dimensions, to stay within 32 bytes an
-# item. It costs warm recall (a 200k-item synthetic shop: -13.7% warm Recall@20 with PQ4, -10.5% with
-# PQ8, -5.8% with PQ16; docs/benchmarks.md): set query_factory="PQ16" when quality matters more.
-AUTO_QUERY_DIMS_PER_BYTE_IVF = 16
+RESCORE_BLOCK = 64  # queries re-scored together from the decoded table
+# "auto" query side: PQ16 at 64 dimensions. A coarser one costs warm recall (a 200k-item synthetic shop:
+# -13.7% warm Recall@20 with PQ4, -10.5% with PQ8, -5.8% with PQ16 behind IVF lists; docs/benchmarks.md);
+# the run's index check (recsys/jobs/index_check.py) tries finer ones where it must.
+AUTO_QUERY_DIMS_PER_BYTE = 4
 
 
 @dataclass
@@ -64,19 +63,29 @@ class IndexConfig:
     """How the index compresses and searches (every field is JSON-able)."""
 
     # FAISS index_factory string of the candidate side (inner-product metric); "auto": 4-bit fast-scan PQ,
-    # one dimension per code, the prior column in a code of its own; from ivf_min_items on IVF lists in
-    # front of 8-bit PQ (4 dims a byte)
+    # `fast_scan_dims` dimensions per code, the prior column in a code of its own; from ivf_min_items on
+    # the same codes behind IVF lists
     factory: str = "auto"
+    fast_scan_dims: int = 1  # "auto": dimensions per 4-bit code of the candidate side (1: 4 bits a dimension)
     query_factory: str | None = "auto"  # codec of the query side ("auto": PQ, 4 dims a byte); None = float16
-    ivf_min_items: int = 1_000_000  # "auto" puts IVF lists in front from this many items on
+    # "auto" puts IVF lists in front from this many items on: flat fast-scan over 850k items took 1-2 ms a
+    # query, IVF1024 with 64 probes 0.2 ms (docs/benchmarks.md)
+    ivf_min_items: int = 500_000
+    nlist: int = 0  # IVF lists of "auto" (0: about sqrt(n_items), a power of two)
     # "auto" uses small_factory below this many items: FAISS wants >= 39 training vectors per PQ centroid,
     # and under it the codebooks (256 centroids each) outweigh the codes anyway
     pq_min_items: int = 10_000
     rerank: str | None = None  # finer flat codec to re-score the first stage's pool (e.g. "SQ6", "PQ32")
+    # a coded query side holds the residual of a linear map from the item's decoded candidate row (and the
+    # caller's query_basis): the same bytes, a finer query (SimilarityIndex.build)
+    query_residual: bool = True
     k_factor: int = 4  # pool = k * k_factor candidates when re-scoring (rerank, fast-scan, exact prior)
     # decoded candidate vectors are kept in memory for re-scoring up to this size (else decoded per query)
     decoded_cache_bytes: int = 256 << 20
     nprobe: int = 16  # IVF lists visited per query (IVF factories only)
+    # candidate codes split by item range into this many shards, searched in parallel threads and merged
+    # (recsys/serving/shards.py): results equal the unsharded index's
+    shards: int = 1
     train_sample: int = 100_000  # quantisers are trained on at most this many vectors
     small_factory: str = "SQ8"  # for catalogues too small to train `factory` / query_factory well
     exact_fallback_max: int = 512  # filters allowing at most this many items are scored exactly from codes
@@ -91,10 +100,11 @@ class IndexConfig:
             value = getattr(self, name)
             if value is not None and (not isinstance(value, str) or not value.strip()):
                 raise ValueError(f"IndexConfig.{name} must be None or a non-empty FAISS factory string")
-        for name in ("k_factor", "nprobe", "train_sample", "ivf_min_items", "pq_min_items", "decoded_cache_bytes"):
+        for name in ("k_factor", "nprobe", "train_sample", "ivf_min_items", "pq_min_items", "decoded_cache_bytes",
+                     "fast_scan_dims", "shards"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"IndexConfig.{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("exact_fallback_max", "recall_queries"):
+        for name in ("exact_fallback_max", "recall_queries", "nlist"):
             if int(getattr(self, name)) < 0:
                 raise ValueError(f"IndexConfig.{name} must be >= 0, got {getattr(self, name)}")
 
@@ -140,29 +150,28 @@ def _constant_columns(query: np.ndarray) -> dict[int, float]:
 def _candidate_layout(config: IndexConfig, n: int, dim: int, prior: bool) -> tuple[str, np.ndarray, int]:
     """(factory, place of each column, width) of the candidate side.
 
-    "auto": 4-bit fast-scan PQ (`AUTO_FAST_SCAN_DIMS` dimensions per code;
+    "auto": 4-bit fast-scan PQ (`fast_scan_dims` dimensions per code;
     SIMD scanning of whole batches, and codebooks of 16 centroids that weigh
     nothing), the prior column (when the query side marks one) alone in a
     sub-quantizer of its own: mixed with embedding dimensions its levels
     were too coarse and the popularity signal got lost (Ta-Feng: -17% warm
     Recall@20 with it mixed). Search re-scores a pool from the decoded codes
-    with the prior exact. From `ivf_min_items` on: IVF lists in front of
-    8-bit PQ (4 dimensions a byte), which keeps single queries fast.
+    with the prior exact. From `ivf_min_items` on the same codes behind IVF
+    lists (IndexIVFPQFastScan), which keeps single queries fast.
     """
     if config.factory != "auto":
         return config.factory, np.arange(dim), dim
     if n < config.pq_min_items:
         return config.small_factory, np.arange(dim), dim
     body = dim - 1 if prior else dim
-    per_code = AUTO_DIMS_PER_BYTE if n >= config.ivf_min_items else AUTO_FAST_SCAN_DIMS
+    per_code = int(config.fast_scan_dims)
     m = max(1, math.ceil(body / per_code))
     positions = np.arange(dim)
     if prior:
         positions[-1] = m * per_code  # first place of its own sub-quantizer
+    factory = f"PQ{m + int(prior)}x4fs"
     if n >= config.ivf_min_items:
-        factory = f"IVF{_auto_nlist(n)},PQ{m + int(prior)}"
-    else:
-        factory = f"PQ{m + int(prior)}x4fs"
+        factory = f"IVF{config.nlist or _auto_nlist(n)},{factory}"
     return factory, positions, (m + int(prior)) * per_code
 
 
@@ -183,6 +192,8 @@ def _new_index(factory: str, dim: int) -> tuple[faiss.Index, int]:
 
 
 def _ivf(index: faiss.Index):
+    if isinstance(index, ShardedCodes):
+        return _ivf(index.first_shard)
     try:
         return faiss.extract_index_ivf(index)
     except RuntimeError:
@@ -199,31 +210,43 @@ def _no_polysemous_training(index: faiss.Index) -> None:
         _no_polysemous_training(index.index)
 
 
-def _train_and_add(factory: str, vectors: np.ndarray, sample: np.ndarray) -> tuple[faiss.Index, int]:
+def _train_and_add(factory: str, vectors: np.ndarray, sample: np.ndarray, shards: int = 1) -> tuple[faiss.Index, int]:
     index, width = _new_index(factory, vectors.shape[1])
     _no_polysemous_training(index)
     if not index.is_trained:
         index.train(_pad(vectors[sample], width))
+    if shards > 1:  # copies of the one trained index, each filled with its item range
+        return ShardedCodes.fill(index, _pad(vectors, width), shards), width
     index.add(_pad(vectors, width))
     return index, width
 
 
-def _build_codec(factory: str, small_factory: str, vectors: np.ndarray, sample: np.ndarray) -> tuple[faiss.Index, int, str]:
+def _build_codec(factory: str, small_factory: str, vectors: np.ndarray, sample: np.ndarray,
+                 shards: int = 1) -> tuple[faiss.Index, int, str]:
     """Train and fill `factory`; fall back to `small_factory` when there are too few vectors to train it."""
     try:
-        index, width = _train_and_add(factory, vectors, sample)
+        index, width = _train_and_add(factory, vectors, sample, shards)
         return index, width, factory
     except RuntimeError:  # FAISS: fewer training points than centroids (tiny catalogues)
-        index, width = _train_and_add(small_factory, vectors, sample)
+        index, width = _train_and_add(small_factory, vectors, sample, shards)
         return index, width, small_factory
 
 
 def _index_bytes(index: faiss.Index) -> int:
+    """Bytes of the index as written (without the in-memory direct map decoding may have added)."""
+    if isinstance(index, ShardedCodes):
+        return index.serialized_bytes()
+    ivf = _ivf(index)
+    if ivf is not None and ivf.direct_map.type != faiss.DirectMap.NoMap:
+        index = faiss.clone_index(index)
+        _ivf(index).set_direct_map_type(faiss.DirectMap.NoMap)
     return int(faiss.serialize_index(index).size)
 
 
 def _decode(index: faiss.Index, ids: np.ndarray) -> np.ndarray:
     """Decoded vectors of the given rows (IVF indexes get an in-memory direct map first)."""
+    if isinstance(index, ShardedCodes):
+        return index.reconstruct_batch(ids)
     ivf = _ivf(index)
     if ivf is not None and ivf.direct_map.type == faiss.DirectMap.NoMap:
         ivf.make_direct_map(True)
@@ -237,6 +260,21 @@ def _write_index(index: faiss.Index, path: Path) -> None:
         index = faiss.clone_index(index)
         _ivf(index).set_direct_map_type(faiss.DirectMap.NoMap)
     faiss.write_index(index, str(path))
+
+
+def _decoded_candidates(candidates, rerank, positions: np.ndarray, prior_exact, dim: int) -> np.ndarray:
+    """Every item's decoded candidate vector (as `SimilarityIndex.candidate_vectors` returns them)."""
+    codec = rerank if rerank is not None else candidates
+    out = codec.reconstruct_n(0, codec.ntotal)[:, positions]
+    if prior_exact is not None:
+        out[:, dim - 1] = prior_exact.astype(np.float32)
+    return out
+
+
+def _predictors(decoded: np.ndarray, basis: np.ndarray | None) -> np.ndarray:
+    """[decoded candidate rows, basis rows, 1]: what the residual query side is predicted from."""
+    parts = [decoded] + ([basis] if basis is not None else []) + [np.ones((len(decoded), 1), np.float32)]
+    return np.concatenate(parts, axis=1).astype(np.float32)
 
 
 def _top_k(scores: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -267,9 +305,12 @@ class SimilarityIndex:
     """Compressed maximum-inner-product index over the candidate side, plus the coded query side."""
 
     def __init__(self, candidates: faiss.Index, rerank: faiss.Index | None, queries: faiss.Index | None,
-                 query_half: np.ndarray | None, meta: dict, prior_exact: np.ndarray | None = None):
+                 query_half: np.ndarray | None, meta: dict, prior_exact: np.ndarray | None = None,
+                 query_map: np.ndarray | None = None):
         self.candidates, self.rerank, self.queries, self.query_half = candidates, rerank, queries, query_half
         self.prior_exact = prior_exact  # float16 per item: the prior column, exact, for re-scoring
+        # coded query side as a residual: query body = [decoded candidate row, basis row, 1] @ query_map + codes
+        self.query_map = query_map
         self.meta = meta
         self.config = IndexConfig(**meta["config"])
         self.n_items = int(meta["n_items"])
@@ -278,21 +319,32 @@ class SimilarityIndex:
         self._ivf = _ivf(candidates)
         if self._ivf is not None:
             self._ivf.nprobe = min(self.config.nprobe, self._ivf.nlist)
-        # IndexPQ and the flat fast-scan indexes refuse an IDSelector: those are over-fetched and filtered
-        self._selector_ok = self._ivf is not None or isinstance(
-            candidates, (faiss.IndexFlat, faiss.IndexScalarQuantizer))
+        sharded = isinstance(candidates, ShardedCodes)
+        first = candidates.first_shard if sharded else candidates
+        # IndexPQ and the flat fast-scan indexes refuse an IDSelector: those are over-fetched and filtered;
+        # so are flat shards, whose own ids are local (IVF shards hold the global ids)
+        self._selector_ok = self._ivf is not None or (not sharded and isinstance(
+            candidates, (faiss.IndexFlat, faiss.IndexScalarQuantizer)))
         # a second stage re-scores a pool of k * k_factor: from finer codes (rerank), or from the
         # first stage's own codes decoded exactly (fast-scan searches with 8-bit look-up tables) with
         # the prior column exact
-        self._fast_scan = isinstance(faiss.downcast_index(candidates), faiss.IndexFastScan)
+        self._fast_scan = isinstance(faiss.downcast_index(first), faiss.IndexFastScan)
         self._two_stage = rerank is not None or self._fast_scan or prior_exact is not None
         self._decoded: np.ndarray | None = None  # lazily decoded candidate vectors (decoded_cache_bytes)
 
     # -- building ----------------------------------------------------------------
     @classmethod
     def build(cls, item_matrix: np.ndarray, query_matrix: np.ndarray | None,
-              config: IndexConfig | None = None) -> "SimilarityIndex":
-        """Train and fill the index; query_matrix row i is item i's query vector (None = no query side)."""
+              config: IndexConfig | None = None, query_basis: np.ndarray | None = None) -> "SimilarityIndex":
+        """Train and fill the index; query_matrix row i is item i's query vector (None = no query side).
+
+        A coded query side stores what a linear map of the item's own decoded
+        candidate row (and of `query_basis`, per-item vectors the caller can
+        recompute at query time, e.g. the side-feature vectors of a model) does
+        not predict: on EGES vectors of a 200k-item shop the residual holds 13%
+        of the query vectors' variance, so the same bytes code it finer. Such
+        an index wants the same basis rows in `query_vectors(rows, basis=...)`.
+        """
         config = config or IndexConfig()
         config.validate()
         started = time.perf_counter()
@@ -313,12 +365,20 @@ class SimilarityIndex:
         prior = dim > 1 and (dim - 1) in constants  # last column weighted the same by every query: a prior
         factory, positions, width = _candidate_layout(config, n, dim, prior)
         placed = _place(items, positions, width)
-        candidates, width, factory_used = _build_codec(factory, config.small_factory, placed, sample)
+        shards = min(int(config.shards), n)
+        candidates, width, factory_used = _build_codec(factory, config.small_factory, placed, sample, shards)
         rerank = _build_codec(config.rerank, config.small_factory, placed, sample)[0] if config.rerank else None
 
         # query side: constant columns are kept as numbers, the rest coded (or shared with the candidates)
-        query_codec, query_half, query_kind, query_factory_used = None, None, "none", None
+        query_codec, query_half, query_kind, query_factory_used, query_map = None, None, "none", None, None
         body = [c for c in range(dim) if c not in constants]
+        prior_exact = None
+        if prior and config.factory == "auto" and factory_used != config.small_factory:
+            prior_exact = items[:, dim - 1].astype(np.float16)
+        if query_basis is not None:
+            query_basis = _as_matrix(query_basis, "query_basis")
+            if len(query_basis) != n:
+                raise ValueError(f"query_basis has {len(query_basis)} rows, item_matrix {n}: one row per item")
         if query is not None:
             if np.array_equal(query, items):
                 query_kind = "candidates"  # same vectors (cosine/dot scorers): decode the candidate codes
@@ -330,27 +390,34 @@ class SimilarityIndex:
                 query_kind = "codes"
                 qf = config.query_factory
                 if qf == "auto":
-                    per_byte = AUTO_QUERY_DIMS_PER_BYTE_IVF if _ivf(candidates) is not None else AUTO_QUERY_DIMS_PER_BYTE
                     qf = (config.small_factory if n < config.pq_min_items
-                          else f"PQ{max(1, math.ceil(len(body) / per_byte))}")
-                query_codec, _, query_factory_used = _build_codec(qf, config.small_factory,
-                                                                  np.ascontiguousarray(query[:, body]), sample)
+                          else f"PQ{max(1, math.ceil(len(body) / AUTO_QUERY_DIMS_PER_BYTE))}")
+                target = np.ascontiguousarray(query[:, body])
+                if config.query_residual:
+                    decoded = _decoded_candidates(candidates, rerank, positions, prior_exact, dim)
+                    predictors = _predictors(decoded, query_basis)
+                    query_map = np.linalg.lstsq(predictors[sample], target[sample], rcond=None)[0].astype(np.float32)
+                    target = np.ascontiguousarray(target - predictors @ query_map)
+                    del decoded, predictors
+                query_codec, _, query_factory_used = _build_codec(qf, config.small_factory, target, sample)
         meta = {"format_version": INDEX_FORMAT_VERSION, "metric": "inner_product", "config": dataclasses.asdict(config),
                 "n_items": n, "dim": dim, "padded_dim": width, "positions": [int(p) for p in positions],
                 "factory_used": factory_used, "prior_column": dim - 1 if prior else None,
                 "query_side": query_kind, "query_factory_used": query_factory_used, "query_columns": body,
                 "query_constants": {str(c): float(v) for c, v in constants.items()} if query_kind in
-                ("codes", "float16", "constants") else {}}
-        prior_exact = None
-        if prior and config.factory == "auto" and n < config.ivf_min_items and factory_used != config.small_factory:
-            prior_exact = items[:, dim - 1].astype(np.float16)
+                ("codes", "float16", "constants") else {},
+                "query_residual": query_map is not None,
+                "query_basis_dim": int(query_basis.shape[1]) if query_map is not None and query_basis is not None else 0}
         meta["prior_exact"] = prior_exact is not None
-        index = cls(candidates, rerank, query_codec, query_half, meta, prior_exact)
+        meta["shard_bounds"] = ([int(b) for b in candidates.bounds] if isinstance(candidates, ShardedCodes)
+                                else None)
+        index = cls(candidates, rerank, query_codec, query_half, meta, prior_exact, query_map)
         stats = {"build_seconds": time.perf_counter() - started, **index.size_breakdown()}
         if config.recall_queries and query is not None:
             pick = rng.choice(n, min(n, config.recall_queries), replace=False)
             # end to end: coded query side and coded candidates against the exact float32 ranking
-            stats["recall_at_10"] = measure_recall(index, items, index.query_vectors(pick), k=10,
+            basis = query_basis[pick] if index.meta["query_basis_dim"] else None
+            stats["recall_at_10"] = measure_recall(index, items, index.query_vectors(pick, basis=basis), k=10,
                                                    truth_queries=query[pick])
             stats["recall_at_10_candidates"] = measure_recall(index, items, query[pick], k=10)
         index.meta["stats"] = stats
@@ -362,7 +429,8 @@ class SimilarityIndex:
         sizes = {"candidate_bytes": _index_bytes(self.candidates),
                  "rerank_bytes": _index_bytes(self.rerank) if self.rerank is not None else 0,
                  "query_bytes": (_index_bytes(self.queries) if self.queries is not None
-                                 else self.query_half.nbytes if self.query_half is not None else 0),
+                                 else self.query_half.nbytes if self.query_half is not None else 0)
+                 + (self.query_map.nbytes if self.query_map is not None else 0),
                  "prior_bytes": self.prior_exact.nbytes if self.prior_exact is not None else 0}
         total = sum(sizes.values())
         return {**sizes, "total_bytes": total, "bytes_per_item": total / self.n_items}
@@ -385,8 +453,11 @@ class SimilarityIndex:
             raise ValueError(f"{name} must be in 0..{self.n_items - 1}")
         return rows
 
-    def query_vectors(self, item_indices) -> np.ndarray:
-        """Decoded query-side vectors (m, dim) of indexed items ("similar to item X")."""
+    def query_vectors(self, item_indices, basis: np.ndarray | None = None) -> np.ndarray:
+        """Decoded query-side vectors (m, dim) of indexed items ("similar to item X").
+
+        basis: the rows' query_basis vectors (m, b), for an index built with one.
+        """
         rows = self._check_rows(item_indices, "item_indices")
         kind = self.meta["query_side"]
         if kind == "none":
@@ -401,6 +472,14 @@ class SimilarityIndex:
             out[:, body] = self.query_half[rows]
         elif kind == "codes":
             out[:, body] = _decode(self.queries, rows)[:, :len(body)]
+            if self.query_map is not None:
+                want = int(self.meta.get("query_basis_dim", 0))
+                if want and (basis is None or np.shape(basis) != (len(rows), want)):
+                    raise ValueError(f"this index's query side needs basis rows of shape ({len(rows)}, {want}) "
+                                     f"(the query_basis it was built with), got "
+                                     f"{None if basis is None else np.shape(basis)}")
+                predictors = _predictors(self.candidate_vectors(rows), _as_matrix(basis, "basis") if want else None)
+                out[:, body] += predictors @ self.query_map
         return out
 
     def candidate_vectors(self, item_indices=None) -> np.ndarray:
@@ -562,8 +641,14 @@ class SimilarityIndex:
         if self._decoded is None and self.n_items * self.dim * 4 <= self.config.decoded_cache_bytes:
             self._decoded = self.candidate_vectors()  # one reference assignment: safe under threads
         if self._decoded is not None:  # the whole table is decoded: gather directly
-            scores = np.einsum("qd,qkd->qk", q, self._decoded[np.maximum(ids, 0)])
-            return np.where(ids >= 0, scores, -np.inf).astype(np.float32)
+            # in blocks of queries: one gather of a whole batch (1,000 x 200 rows x 65 floats, 52 MB) spent
+            # more time faulting in fresh pages than scoring; a block's buffer is reused by the allocator
+            scores = np.empty(ids.shape, np.float32)
+            safe = np.maximum(ids, 0)
+            for start in range(0, len(q), RESCORE_BLOCK):
+                stop = start + RESCORE_BLOCK
+                scores[start:stop] = np.einsum("qd,qkd->qk", q[start:stop], self._decoded[safe[start:stop]])
+            return np.where(ids >= 0, scores, np.float32(-np.inf))
         rows = np.unique(ids[ids >= 0])
         if len(rows) == 0:
             return np.full(ids.shape, -np.inf, np.float32)
@@ -577,7 +662,10 @@ class SimilarityIndex:
         """FAISS binary files + index.json (no pickle)."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        _write_index(self.candidates, folder / CANDIDATE_FILE)
+        if isinstance(self.candidates, ShardedCodes):
+            self.candidates.save(folder)
+        else:
+            _write_index(self.candidates, folder / CANDIDATE_FILE)
         if self.rerank is not None:
             _write_index(self.rerank, folder / RERANK_FILE)
         if self.queries is not None:
@@ -586,6 +674,8 @@ class SimilarityIndex:
             np.save(folder / HALF_FILE, self.query_half, allow_pickle=False)
         if self.prior_exact is not None:
             np.save(folder / PRIOR_FILE, self.prior_exact, allow_pickle=False)
+        if self.query_map is not None:
+            np.save(folder / QUERY_MAP_FILE, self.query_map, allow_pickle=False)
         (folder / META_FILE).write_text(json.dumps(_json_safe(self.meta), indent=2, sort_keys=True))
 
     @classmethod
@@ -598,15 +688,19 @@ class SimilarityIndex:
         if meta.get("format_version") != INDEX_FORMAT_VERSION:
             raise ValueError(f"{meta_path}: index format {meta.get('format_version')!r}, "
                              f"this code reads {INDEX_FORMAT_VERSION}")
-        candidates = faiss.read_index(str(folder / CANDIDATE_FILE))
+        if meta.get("shard_bounds"):
+            candidates = ShardedCodes.load(folder, meta["shard_bounds"])
+        else:
+            candidates = faiss.read_index(str(folder / CANDIDATE_FILE))
         rerank = faiss.read_index(str(folder / RERANK_FILE)) if meta["config"].get("rerank") else None
         queries = faiss.read_index(str(folder / QUERY_FILE)) if meta["query_side"] == "codes" else None
         half = np.load(folder / HALF_FILE, allow_pickle=False) if meta["query_side"] == "float16" else None
         prior = np.load(folder / PRIOR_FILE, allow_pickle=False) if meta.get("prior_exact") else None
+        query_map = np.load(folder / QUERY_MAP_FILE, allow_pickle=False) if meta.get("query_residual") else None
         if candidates.ntotal != meta["n_items"]:
             raise ValueError(f"{folder / CANDIDATE_FILE} holds {candidates.ntotal} items, index.json says "
                              f"{meta['n_items']}")
-        return cls(candidates, rerank, queries, half, meta, prior)
+        return cls(candidates, rerank, queries, half, meta, prior, query_map)
 
 
 def measure_recall(index: SimilarityIndex, item_matrix: np.ndarray, queries: np.ndarray, k: int = 10,
@@ -631,16 +725,21 @@ def measure_recall(index: SimilarityIndex, item_matrix: np.ndarray, queries: np.
 def build_scorer_indexes(item_vectors: np.ndarray, context_vectors: np.ndarray, log_pop: np.ndarray,
                          cold_vectors: Callable[[], np.ndarray], warm_scorer: Scorer, cold_scorer: Scorer,
                          config: IndexConfig | None = None, index_class=None) -> dict[str, "SimilarityIndex"]:
-    """The indexes a version serves: "warm", and "cold" only when the cold scorer differs.
+    """The indexes a version serves: "warm", and "cold" only when the cold scorer ranks other candidates.
 
     Warm queries are the indexed items' own vectors; cold queries their
-    side-feature vectors (`cold_vectors()`, computed only when a second index
-    is needed). All arrays hold the indexed items only, in index order.
+    side-feature vectors (`cold_vectors()`), scored at query time. Scorers of
+    one family (inout with any popularity weight: the weight is on the query
+    side) share the warm index's candidate codes, so a second copy is built
+    only for another family. The side-feature vectors are also the warm query
+    side's basis: callers pass their rows to `query_vectors(rows, basis=...)`.
+    All arrays hold the indexed items only, in index order.
     """
     index_class = index_class or SimilarityIndex
+    side = np.asarray(cold_vectors(), np.float32)
     indexes = {"warm": index_class.build(warm_scorer.item_matrix(item_vectors, context_vectors, log_pop),
-                                         warm_scorer.query_matrix(item_vectors), config)}
-    if cold_scorer != warm_scorer:
+                                         warm_scorer.query_matrix(item_vectors), config, query_basis=side)}
+    if cold_scorer.candidate_key != warm_scorer.candidate_key:
         indexes["cold"] = index_class.build(cold_scorer.item_matrix(item_vectors, context_vectors, log_pop),
-                                            cold_scorer.query_matrix(cold_vectors()), config)
+                                            cold_scorer.query_matrix(side), config)
     return indexes

@@ -99,8 +99,13 @@ class Gates:
     # warm coverage@20 at least this share of the bought-together row's (no collapse into a popularity
     # list); 0 = off. Checked when the version's metrics hold both rows.
     min_coverage_vs_bought_together: float = 0.0
+    # the shipped index may lose at most this share of exact search's warm or cold Recall@20 on the run's
+    # validation queries (metrics["index_check"]["loss"]); None = not checked (`recsys train --allow-index-loss`)
+    max_index_loss: float | None = 0.02
 
     def __post_init__(self) -> None:
+        if self.max_index_loss is not None and not 0.0 <= self.max_index_loss <= 1.0:
+            raise ValueError(f"Gates.max_index_loss must be in [0, 1] or None, got {self.max_index_loss}")
         for name in ("min_warm_recall_at_20", "min_cold_recall_at_20"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"Gates.{name} must be in [0, 1], got {getattr(self, name)}")
@@ -135,6 +140,14 @@ def check_gates(metrics: dict, production_metrics: dict | None, gates: Gates) ->
         if current is not None and value < current * (1.0 - gates.max_relative_drop):
             failures.append(f"{segment} Recall@20 {value:.4f} is more than {gates.max_relative_drop:.0%} below "
                             f"production's {current:.4f}")
+    check = metrics.get("index_check") if isinstance(metrics, dict) else None
+    if gates.max_index_loss is not None and isinstance(check, dict):
+        # the loss beyond query sampling noise (recsys/jobs/index_check.py); older records: the loss itself
+        loss = check.get("measured_loss", check.get("loss"))
+        if isinstance(loss, (int, float)) and loss > gates.max_index_loss:
+            failures.append(f"the shipped index ({check.get('layout')}) loses {loss:.1%} of exact search's "
+                            f"Recall@20 (at most {gates.max_index_loss:.0%}; `recsys train --allow-index-loss` "
+                            f"overrides)")
     if gates.min_coverage_vs_bought_together > 0:
         ours = coverage_at(metrics)
         counts = coverage_at((metrics.get("rows") or {}).get("bought-together counts"))

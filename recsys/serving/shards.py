@@ -1,0 +1,127 @@
+"""A candidate index split by item range into shards searched in parallel and merged.
+
+Catalogues beyond one process's memory (or one core's scanning speed) split
+the candidate codes into N shards. Every shard is a copy of ONE trained
+FAISS index (the same PQ codebooks, the same IVF centroids) filled with a
+contiguous range of items, so each item's codes, and every first-stage
+score, are exactly what the unsharded index holds: `faiss.IndexShards`
+searches the shards in threads and merges their top k, and the results
+equal the unsharded index's (up to the order of tied scores).
+
+IVF shards store the global item ids (they keep ids anyway), so the
+`IDSelector` of a filter works on them unchanged; flat shards number their
+items from 0 and `IndexShards` adds each shard's offset (`successive_ids`),
+so a filter is applied to the merged ids instead (the index's over-fetch
+path). Each shard is one file, `candidates.<i>.faiss`, of the index folder.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+
+def _ivf(index: faiss.Index):
+    try:
+        return faiss.extract_index_ivf(index)
+    except RuntimeError:
+        return None
+
+
+def shard_bounds(n_items: int, n_shards: int) -> np.ndarray:
+    """(n_shards + 1,) item-range bounds, as even as possible."""
+    if not 1 <= n_shards <= max(1, n_items):
+        raise ValueError(f"cannot split {n_items} items into {n_shards} shards")
+    return np.linspace(0, n_items, n_shards + 1).round().astype(np.int64)
+
+
+class ShardedCodes:
+    """The candidate side as N FAISS shards over item ranges (duck-types the parts of faiss.Index used)."""
+
+    def __init__(self, shards: list[faiss.Index], bounds: np.ndarray):
+        self.shards = list(shards)
+        self.bounds = np.asarray(bounds, np.int64)
+        if len(self.bounds) != len(self.shards) + 1:
+            raise ValueError(f"{len(self.shards)} shards need {len(self.shards) + 1} bounds, got {len(self.bounds)}")
+        for i, shard in enumerate(self.shards):
+            want = int(self.bounds[i + 1] - self.bounds[i])
+            if shard.ntotal != want:
+                raise ValueError(f"shard {i} holds {shard.ntotal} items, its range {want}")
+        self.is_ivf = _ivf(self.shards[0]) is not None
+        self.d = self.shards[0].d
+        self.ntotal = int(self.bounds[-1])
+        self._merged = faiss.IndexShards(self.d, True, not self.is_ivf)  # threaded; flat: successive ids
+        for shard in self.shards:
+            self._merged.add_shard(shard)
+
+    @classmethod
+    def fill(cls, trained: faiss.Index, vectors: np.ndarray, n_shards: int) -> "ShardedCodes":
+        """Copies of the trained (empty) index, each filled with its range of `vectors`."""
+        if trained.ntotal:
+            raise ValueError("fill() wants the trained index before any vector was added")
+        bounds = shard_bounds(len(vectors), n_shards)
+        shards = []
+        for start, stop in zip(bounds[:-1], bounds[1:]):
+            shard = faiss.clone_index(trained)
+            if _ivf(shard) is not None:
+                shard.add_with_ids(vectors[start:stop], np.arange(start, stop, dtype=np.int64))
+            else:
+                shard.add(vectors[start:stop])
+            shards.append(shard)
+        return cls(shards, bounds)
+
+    # -- what SimilarityIndex uses of a faiss.Index ------------------------------------------
+    @property
+    def first_shard(self) -> faiss.Index:
+        return self.shards[0]
+
+    def search(self, x: np.ndarray, k: int, params=None):
+        return self._merged.search(x, k, params=params)
+
+    def reconstruct_batch(self, ids: np.ndarray) -> np.ndarray:
+        ids = np.asarray(ids, np.int64)
+        out = np.empty((len(ids), self.d), np.float32)
+        owner = np.searchsorted(self.bounds, ids, side="right") - 1
+        for s in np.unique(owner):
+            at = np.flatnonzero(owner == s)
+            shard = self.shards[s]
+            if self.is_ivf:  # ids are global: a hash table direct map
+                ivf = _ivf(shard)
+                if ivf.direct_map.type == faiss.DirectMap.NoMap:
+                    ivf.set_direct_map_type(faiss.DirectMap.Hashtable)
+                out[at] = shard.reconstruct_batch(ids[at])
+            else:
+                out[at] = shard.reconstruct_batch(ids[at] - self.bounds[s])
+        return out
+
+    def reconstruct_n(self, start: int, count: int) -> np.ndarray:
+        return self.reconstruct_batch(np.arange(start, start + count, dtype=np.int64))
+
+    # -- files -------------------------------------------------------------------------
+    @staticmethod
+    def file_name(i: int) -> str:
+        return f"candidates.{i}.faiss"
+
+    def save(self, folder: Path) -> None:
+        for i, shard in enumerate(self.shards):
+            ivf = _ivf(shard)
+            if ivf is not None and ivf.direct_map.type != faiss.DirectMap.NoMap:  # not on disk: 8+ bytes an item
+                shard = faiss.clone_index(shard)
+                _ivf(shard).set_direct_map_type(faiss.DirectMap.NoMap)
+            faiss.write_index(shard, str(folder / self.file_name(i)))
+
+    @classmethod
+    def load(cls, folder: Path, bounds) -> "ShardedCodes":
+        return cls([faiss.read_index(str(folder / cls.file_name(i))) for i in range(len(bounds) - 1)], bounds)
+
+    def serialized_bytes(self) -> int:
+        """Bytes of the shard files as written (without in-memory direct maps)."""
+        total = 0
+        for shard in self.shards:
+            ivf = _ivf(shard)
+            if ivf is not None and ivf.direct_map.type != faiss.DirectMap.NoMap:
+                shard = faiss.clone_index(shard)
+                _ivf(shard).set_direct_map_type(faiss.DirectMap.NoMap)
+            total += int(faiss.serialize_index(shard).size)
+        return total
