@@ -209,7 +209,7 @@ def main() -> None:
     parser.add_argument("--factory", default="auto")
     parser.add_argument("--query-factory", help="query-side codec; 'float16' for uncoded (default: auto)")
     parser.add_argument("--rerank")
-    parser.add_argument("--nprobe", type=int, default=16)
+    parser.add_argument("--nprobe", type=int, default=64)
     parser.add_argument("--single-queries", type=int, default=300)
     parser.add_argument("--threads", type=int, default=0, help="FAISS OpenMP threads (0 = FAISS default)")
     parser.add_argument("--seed", type=int, default=0)

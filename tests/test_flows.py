@@ -76,6 +76,13 @@ def test_flow_publishes_and_promotes_a_version_the_client_answers_from(shop, fir
     from recsys.blend import FEATURES
 
     assert set(client.manifest["graph"]["warm"]["weights"]) == set(FEATURES)
+    # the run checked its index against exact search, and the gate read it
+    check = client.manifest["index_check"]
+    assert check["layout"] and check["bytes_per_item"] > 0 and check["candidates"]
+    for segment in ("warm", "cold"):
+        assert 0 < check[segment]["exact"] <= 1 and 0 <= check[segment]["index"] <= 1
+    assert production.metrics["index_check"]["layout"] == check["layout"] == first_run["index_check"]["layout"]
+    assert list(client.manifest["indexes"]) == ["warm"]  # new-item queries share the warm candidate codes
     with engine.connect() as conn:
         popular = conn.execute(sa.text("SELECT item_id FROM purchases GROUP BY 1 ORDER BY count(*) DESC, 1 "
                                        "LIMIT 1")).scalar()
@@ -102,6 +109,7 @@ def test_flow_creates_report_and_table_artifacts_and_plots(shop, first_run):
     # other tests' flow runs share the Prefect test server: this run's report is the one naming its version
     ours = [r for r in report if first_run["version"] in r.data]
     assert len(ours) == 1 and "bought-together counts" in ours[0].data and "warm tail R@20" in ours[0].data
+    assert "Compressed index against exact search" in ours[0].data
     assert any(first_run["version"] in (t.description or "") for t in table)
     path = get_version(shop[0], first_run["version"]).path
     for plot in ("plots/loss_curve.svg", "plots/attention_weights.svg"):

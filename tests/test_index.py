@@ -255,3 +255,16 @@ def test_shards_answer_as_the_unsharded_index(indexes, name, n_shards, tmp_path)
         f"candidates.{i}.faiss" for i in range(n_shards)]
     loaded = SimilarityIndex.load(tmp_path / "index")
     assert same_up_to_ties(loaded.search(queries, 10, allowed=allowed), sharded.search(queries, 10, allowed=allowed))
+
+
+def test_an_ivf_fast_scan_index_read_back_from_files_answers_as_built(tmp_path):
+    """FAISS cannot reconstruct rows of an IVF fast-scan index read from a file (it crashed the client at
+    1M items): the codes are decoded from the inverted lists instead."""
+    built = SimilarityIndex.build(ITEMS, QUERIES, IndexConfig(ivf_min_items=1, pq_min_items=1, recall_queries=0))
+    assert built.meta["factory_used"].startswith("IVF") and "x4fs" in built.meta["factory_used"]
+    built.save(tmp_path / "ivf")
+    loaded = SimilarityIndex.load(tmp_path / "ivf")
+    queries = loaded.query_vectors(np.arange(40))
+    np.testing.assert_array_equal(queries, built.query_vectors(np.arange(40)))
+    np.testing.assert_array_equal(loaded.candidate_vectors(np.arange(0, N, 11)), built.candidate_vectors(np.arange(0, N, 11)))
+    assert same_up_to_ties(loaded.search(queries, 10), built.search(queries, 10))

@@ -289,6 +289,9 @@ def diagnose(quick, seed, json_out, database_url):
 @click.option("--min-cold-recall", default=0.0, show_default=True, help="Promotion gate: cold Recall@20 floor.")
 @click.option("--max-drop", default=0.05, show_default=True,
               help="Promotion gate: largest relative Recall@20 drop allowed against production.")
+@click.option("--index-shards", type=click.IntRange(1, 256), default=1, show_default=True,
+              help="Split the candidate index by item range into N shard files, searched in parallel and "
+                   "merged (the results equal one index's).")
 @click.option("--allow-index-loss", is_flag=True,
               help="Promote even when the shipped compressed index loses more than 2% of exact search's "
                    "Recall@20 on the run's validation queries (the run report says it was overridden).")
@@ -301,7 +304,7 @@ def diagnose(quick, seed, json_out, database_url):
 @database_option
 @user_errors
 def train(force, dim, epochs, threads, max_queries, all_rows, min_warm_recall, min_cold_recall, max_drop,
-          allow_index_loss, wait_for_lock, seed, deterministic, database_url):
+          index_shards, allow_index_loss, wait_for_lock, seed, deterministic, database_url):
     """Run the train-and-publish flow once, now.
 
     Extract, evaluate against the baselines, train EGES on all data, compress,
@@ -326,6 +329,8 @@ def train(force, dim, epochs, threads, max_queries, all_rows, min_warm_recall, m
         config["train"]["num_threads"] = 1
     if all_rows:
         config["eval_rows"] = list(ROW_NAMES)
+    if index_shards > 1:
+        config["index"] = {"shards": index_shards}
     gates = {"min_warm_recall_at_20": min_warm_recall, "min_cold_recall_at_20": min_cold_recall,
              "max_relative_drop": max_drop}
     if allow_index_loss:

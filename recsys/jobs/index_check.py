@@ -36,16 +36,16 @@ K = 20
 # name -> IndexConfig overrides, smallest first within each scale. Flat: 4-bit fast-scan PQ on the
 # candidate side (dims per code), a PQ query side for warm anchors; IVF (from ivf_min_items on): the same
 # codes behind inverted lists. The query side is where small layouts lose (docs/benchmarks.md).
-FLAT_LAYOUTS = {
-    "fs1+pq16": dict(fast_scan_dims=1, query_factory="PQ16"),
-    "fs1+pq32": dict(fast_scan_dims=1, query_factory="PQ32"),
-    "fs1+sq8": dict(fast_scan_dims=1, query_factory="SQ8"),
+FLAT_LAYOUTS = {  # k_factor: the first stage's pool, k * k_factor, re-scored from the decoded codes
+    "fs1+pq16": dict(fast_scan_dims=1, query_factory="PQ16", k_factor=10),
+    "fs1+pq16-k25": dict(fast_scan_dims=1, query_factory="PQ16", k_factor=25),
+    "fs1+pq32-k25": dict(fast_scan_dims=1, query_factory="PQ32", k_factor=25),
 }
 IVF_LAYOUTS = {  # ivf_min_items=1: IVF lists whatever the size. Probes: at 1M items 16 of 1024 lists lost 7%
     # of warm Recall@20, 64 lost 2% (docs/benchmarks.md)
-    "ivf-fs1+pq16": dict(fast_scan_dims=1, query_factory="PQ16", ivf_min_items=1, nprobe=64),
-    "ivf-fs1+pq16-p128": dict(fast_scan_dims=1, query_factory="PQ16", ivf_min_items=1, nprobe=128),
-    "ivf-fs1+pq32-p128": dict(fast_scan_dims=1, query_factory="PQ32", ivf_min_items=1, nprobe=128),
+    "ivf-fs1+pq16": dict(fast_scan_dims=1, query_factory="PQ16", ivf_min_items=1, nprobe=64, k_factor=10),
+    "ivf-fs1+pq16-p128": dict(fast_scan_dims=1, query_factory="PQ16", ivf_min_items=1, nprobe=128, k_factor=25),
+    "ivf-fs1+pq32-p128": dict(fast_scan_dims=1, query_factory="PQ32", ivf_min_items=1, nprobe=128, k_factor=25),
 }
 EXTRA_LAYOUTS = {  # measured in bench/index_scale.py, not tried by runs: they lost 5-11% everywhere
     "fs2+pq16": dict(fast_scan_dims=2, query_factory="PQ16"),

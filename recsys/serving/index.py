@@ -41,7 +41,7 @@ import faiss
 import numpy as np
 
 from recsys.jsonsafe import json_safe as _json_safe
-from recsys.serving.shards import ShardedCodes
+from recsys.serving.shards import ShardedCodes, decode_ivf
 from recsys.vectors import Scorer
 
 # the layout of index.json and the files beside it; a bundle's own format is recsys.serving.bundle.FORMAT_VERSION
@@ -79,10 +79,12 @@ class IndexConfig:
     # a coded query side holds the residual of a linear map from the item's decoded candidate row (and the
     # caller's query_basis): the same bytes, a finer query (SimilarityIndex.build)
     query_residual: bool = True
-    k_factor: int = 4  # pool = k * k_factor candidates when re-scoring (rerank, fast-scan, exact prior)
+    # pool = k * k_factor candidates when re-scoring (rerank, fast-scan, exact prior). Fast-scan's 8-bit look-up
+    # tables rank coarsely: on Ta-Feng a pool of 4 k lost 5% of warm and 8% of cold Recall@20, 10 k none / 3%
+    k_factor: int = 10
     # decoded candidate vectors are kept in memory for re-scoring up to this size (else decoded per query)
     decoded_cache_bytes: int = 256 << 20
-    nprobe: int = 16  # IVF lists visited per query (IVF factories only)
+    nprobe: int = 64  # IVF lists visited per query (IVF factories only; 16 of 1024 lost 7% at 1M items)
     # candidate codes split by item range into this many shards, searched in parallel threads and merged
     # (recsys/serving/shards.py): results equal the unsharded index's
     shards: int = 1
@@ -244,13 +246,14 @@ def _index_bytes(index: faiss.Index) -> int:
 
 
 def _decode(index: faiss.Index, ids: np.ndarray) -> np.ndarray:
-    """Decoded vectors of the given rows (IVF indexes get an in-memory direct map first)."""
+    """Decoded vectors of the given rows (IVF indexes: every row decoded from the lists, then taken; the
+    SimilarityIndex keeps IVF tables decoded, so this runs once)."""
+    ids = np.ascontiguousarray(ids, dtype=np.int64)
     if isinstance(index, ShardedCodes):
         return index.reconstruct_batch(ids)
-    ivf = _ivf(index)
-    if ivf is not None and ivf.direct_map.type == faiss.DirectMap.NoMap:
-        ivf.make_direct_map(True)
-    return index.reconstruct_batch(np.ascontiguousarray(ids, dtype=np.int64))
+    if _ivf(index) is not None:
+        return decode_ivf(index)[ids]
+    return index.reconstruct_batch(ids)
 
 
 def _write_index(index: faiss.Index, path: Path) -> None:
@@ -265,7 +268,7 @@ def _write_index(index: faiss.Index, path: Path) -> None:
 def _decoded_candidates(candidates, rerank, positions: np.ndarray, prior_exact, dim: int) -> np.ndarray:
     """Every item's decoded candidate vector (as `SimilarityIndex.candidate_vectors` returns them)."""
     codec = rerank if rerank is not None else candidates
-    out = codec.reconstruct_n(0, codec.ntotal)[:, positions]
+    out = _decode(codec, np.arange(codec.ntotal))[:, positions]
     if prior_exact is not None:
         out[:, dim - 1] = prior_exact.astype(np.float32)
     return out
@@ -484,24 +487,34 @@ class SimilarityIndex:
 
     def candidate_vectors(self, item_indices=None) -> np.ndarray:
         """Decoded candidate vectors (finest stored codes, the exact prior): all items, or the given rows."""
+        if self._decoded is None and self._decode_whole_table():
+            self._decoded = self._all_candidate_vectors()  # one reference assignment: safe under threads
         if self._decoded is not None:
             return self._decoded if item_indices is None else self._decoded[self._check_rows(item_indices, "item_indices")]
-        codec = self.rerank if self.rerank is not None else self.candidates
         if item_indices is None:
-            out = codec.reconstruct_n(0, self.n_items)[:, self._positions]
-            rows = None
-        else:
-            rows = self._check_rows(item_indices, "item_indices")
-            out = _decode(codec, rows)[:, self._positions]
+            return self._all_candidate_vectors()
+        codec = self.rerank if self.rerank is not None else self.candidates
+        rows = self._check_rows(item_indices, "item_indices")
+        out = _decode(codec, rows)[:, self._positions]
         if self.prior_exact is not None:
-            prior = self.prior_exact if rows is None else self.prior_exact[rows]
-            out[:, self.dim - 1] = prior.astype(np.float32)
+            out[:, self.dim - 1] = self.prior_exact[rows].astype(np.float32)
+        return out
+
+    def _decode_whole_table(self) -> bool:
+        """Keep every candidate decoded in memory: when it fits decoded_cache_bytes, and always for IVF
+        codes, which decode only list by list (4 * dim bytes an item: 165 MB at 633k items, dim 65)."""
+        codec = self.rerank if self.rerank is not None else self.candidates
+        return self.n_items * self.dim * 4 <= self.config.decoded_cache_bytes or _ivf(codec) is not None
+
+    def _all_candidate_vectors(self) -> np.ndarray:
+        codec = self.rerank if self.rerank is not None else self.candidates
+        out = _decode(codec, np.arange(self.n_items))[:, self._positions]
+        if self.prior_exact is not None:
+            out[:, self.dim - 1] = self.prior_exact.astype(np.float32)
         return out
 
     def _rescoring_vectors(self, rows: np.ndarray) -> np.ndarray:
-        """Decoded vectors of the pool; the whole table is decoded once when it fits decoded_cache_bytes."""
-        if self._decoded is None and self.n_items * self.dim * 4 <= self.config.decoded_cache_bytes:
-            self._decoded = self.candidate_vectors()  # one reference assignment: safe under threads
+        """Decoded vectors of the pool (from the whole decoded table when it is kept)."""
         return self.candidate_vectors(rows)
 
     # -- search ----------------------------------------------------------------------
@@ -638,8 +651,8 @@ class SimilarityIndex:
 
     def _rescore(self, q: np.ndarray, ids: np.ndarray) -> np.ndarray:
         """Scores of the pool from the decoded codes (finer ones when there is a rerank codec)."""
-        if self._decoded is None and self.n_items * self.dim * 4 <= self.config.decoded_cache_bytes:
-            self._decoded = self.candidate_vectors()  # one reference assignment: safe under threads
+        if self._decoded is None and self._decode_whole_table():
+            self._decoded = self._all_candidate_vectors()  # one reference assignment: safe under threads
         if self._decoded is not None:  # the whole table is decoded: gather directly
             # in blocks of queries: one gather of a whole batch (1,000 x 200 rows x 65 floats, 52 MB) spent
             # more time faulting in fresh pages than scoring; a block's buffer is reused by the allocator

@@ -29,6 +29,38 @@ def _ivf(index: faiss.Index):
         return None
 
 
+def decode_ivf(index: faiss.Index, first_id: int = 0) -> np.ndarray:
+    """Every item's decoded vector of an IVF index (PQ, fast-scan PQ, or other flat codes); row i holds the
+    item stored with id first_id + i.
+
+    Read from the inverted lists themselves: FAISS 1.15 crashes reconstructing from an IVF fast-scan
+    index read back from a file (its direct map finds no packed codes), so nothing here relies on one.
+    """
+    ivf = faiss.downcast_index(_ivf(index))
+    out = np.zeros((index.ntotal, index.d), np.float32)
+    fast = isinstance(ivf, faiss.IndexIVFFastScan)
+    packer = ivf.get_CodePacker() if fast else None
+    for lst in range(ivf.nlist):
+        size = ivf.invlists.list_size(lst)
+        if not size:
+            continue
+        ids = faiss.rev_swig_ptr(ivf.invlists.get_ids(lst), size).copy()
+        if fast:  # codes interleaved in blocks of `nvec`: unpack each block
+            n_blocks = (size + packer.nvec - 1) // packer.nvec
+            block = faiss.rev_swig_ptr(ivf.invlists.get_codes(lst), n_blocks * packer.block_size)
+            flat = np.zeros((n_blocks * packer.nvec, packer.code_size), np.uint8)
+            for b in range(n_blocks):
+                packer.unpack_all(faiss.swig_ptr(block[b * packer.block_size:]), faiss.swig_ptr(flat[b * packer.nvec:]))
+            codes = flat[:size]
+        else:
+            codes = faiss.rev_swig_ptr(ivf.invlists.get_codes(lst), size * ivf.code_size).reshape(size, ivf.code_size)
+        vectors = ivf.pq.decode(np.ascontiguousarray(codes))
+        if ivf.by_residual:
+            vectors = vectors + ivf.quantizer.reconstruct(lst)
+        out[ids - first_id] = vectors
+    return out
+
+
 def shard_bounds(n_items: int, n_shards: int) -> np.ndarray:
     """(n_shards + 1,) item-range bounds, as even as possible."""
     if not 1 <= n_shards <= max(1, n_items):
@@ -81,18 +113,14 @@ class ShardedCodes:
 
     def reconstruct_batch(self, ids: np.ndarray) -> np.ndarray:
         ids = np.asarray(ids, np.int64)
+        if self.is_ivf:  # shards hold global ids; decoded from their lists (see decode_ivf)
+            table = np.concatenate([decode_ivf(shard, int(start)) for shard, start in zip(self.shards, self.bounds)])
+            return table[ids]
         out = np.empty((len(ids), self.d), np.float32)
         owner = np.searchsorted(self.bounds, ids, side="right") - 1
         for s in np.unique(owner):
             at = np.flatnonzero(owner == s)
-            shard = self.shards[s]
-            if self.is_ivf:  # ids are global: a hash table direct map
-                ivf = _ivf(shard)
-                if ivf.direct_map.type == faiss.DirectMap.NoMap:
-                    ivf.set_direct_map_type(faiss.DirectMap.Hashtable)
-                out[at] = shard.reconstruct_batch(ids[at])
-            else:
-                out[at] = shard.reconstruct_batch(ids[at] - self.bounds[s])
+            out[at] = self.shards[s].reconstruct_batch(ids[at] - self.bounds[s])
         return out
 
     def reconstruct_n(self, start: int, count: int) -> np.ndarray:
