@@ -22,6 +22,7 @@ from recsys.errors import UserError
 from recsys.ingest.db import get_engine, is_transient
 from recsys.ingest.extract import SMALLEST_TRAINABLE, extract_configured
 from recsys.jobs import pipeline
+from recsys.jobs.execution import Execution, dask_runner
 from recsys.jobs.report import run_report_markdown, table_rows
 from recsys.serving.registry import GateFailedError, Gates, alias_history, get_version, publish
 from recsys.serving.registry import promote as promote_version
@@ -67,18 +68,18 @@ def extract(database_url: str | None):
 
 
 @task(cache_policy=NO_CACHE)
-def evaluate(ds, config: pipeline.PipelineConfig):
+def evaluate(ds, config: pipeline.PipelineConfig, run_chunks=None):
     logger = get_run_logger()
     with _data_size_errors(ds):
-        report, chosen = pipeline.run_evaluation(ds, config, log=logger.info)
+        report, chosen = pipeline.run_evaluation(ds, config, log=logger.info, run_chunks=run_chunks)
     logger.info("evaluation:\n%s", report.to_table())
     return report, chosen
 
 
 @task(cache_policy=NO_CACHE)
-def train(ds, config: pipeline.PipelineConfig, chosen_from):
+def train(ds, config: pipeline.PipelineConfig, chosen_from, run_chunks=None):
     with _data_size_errors(ds):
-        shipped = pipeline.train_final(ds, config, chosen_from=chosen_from, progress=True)
+        shipped = pipeline.train_final(ds, config, chosen_from=chosen_from, progress=True, run_chunks=run_chunks)
     stats = shipped.eges.trained.stats
     get_run_logger().info("trained EGES on all data: %s; blend %s", json.dumps(stats, default=str),
                           json.dumps({k: shipped.choice[k] for k in ("half_life_share", "warm", "cold")}, default=str))
@@ -87,10 +88,10 @@ def train(ds, config: pipeline.PipelineConfig, chosen_from):
 
 @task(cache_policy=NO_CACHE)
 def compress_and_publish(rec, ds, config: pipeline.PipelineConfig, metrics: dict, database_url: str | None,
-                         notes: dict):
+                         notes: dict, execution: dict | None = None):
     settings = get_settings(database_url=database_url)
     logger = get_run_logger()
-    parts = pipeline.build_parts(rec, ds, config, metrics, notes, log=logger.info)
+    parts = pipeline.build_parts(rec, ds, config, metrics, notes, log=logger.info, execution=execution)
     version = publish(get_engine(settings), settings.resolved_artifact_root, parts, alias="candidate",
                       reason="nightly train-and-publish")
     logger.info("published version %s (candidate)", version)
@@ -110,7 +111,7 @@ def promote(version: str, database_url: str | None, gates: dict):
 
 
 def publish_artifacts(version: str, metrics: dict, ds, stages: dict, promoted: bool | None,
-                      database_url: str | None, gates: dict | None = None) -> str:
+                      database_url: str | None, gates: dict | None = None, execution: dict | None = None) -> str:
     """The run's markdown report and metrics table as Prefect artifacts."""
     engine = get_engine(get_settings(database_url=database_url))
     info = get_version(engine, version)
@@ -125,7 +126,7 @@ def publish_artifacts(version: str, metrics: dict, ds, stages: dict, promoted: b
                                                                     ("attention weights", "attention_weights.svg"))}
     markdown = run_report_markdown(version=version, metrics=metrics, previous=previous, counts=counts,
                                    stages=stages, promoted=promoted, bundle_path=info.path, plots=plots,
-                                   index_gate=Gates(**(gates or {})).max_index_loss)
+                                   index_gate=Gates(**(gates or {})).max_index_loss, execution=execution)
     create_markdown_artifact(key="recsys-run-report", markdown=markdown,
                              description=f"recsys version {version}")
     create_table_artifact(key="recsys-metrics", table=table_rows(metrics),
@@ -135,12 +136,16 @@ def publish_artifacts(version: str, metrics: dict, ds, stages: dict, promoted: b
 
 @flow(name="train-and-publish", log_prints=True)
 def train_and_publish(database_url: str | None = None, config: dict | None = None, gates: dict | None = None,
-                      force: bool = False, wait_for_lock_s: float = 0.0) -> dict:
+                      force: bool = False, wait_for_lock_s: float = 0.0, dask_address: str | None = None,
+                      dask_workers: int = 0) -> dict:
     """Train EGES on the shop's data, evaluate it beside the baselines, publish and promote a version.
 
     config: PipelineConfig settings (e.g. {"train": {"dim": 32}, "evaluation": {"max_queries": 2000}});
-    gates: recsys.serving.registry.Gates fields; force: retrain even when data and config are unchanged.
+    gates: recsys.serving.registry.Gates fields; force: retrain even when data and config are unchanged;
+    dask_address / dask_workers: walk on an existing Dask scheduler / a local cluster of N workers
+    (recsys/jobs/execution.py; RECSYS_DASK_ADDRESS is the address's default).
     """
+    execution = Execution.resolve(dask_address, dask_workers)
     logger = get_run_logger()
     cfg = pipeline.PipelineConfig.from_dict(config)
     stages: dict[str, float] = {}
@@ -153,21 +158,22 @@ def train_and_publish(database_url: str | None = None, config: dict | None = Non
         if existing is not None:
             logger.info("data and config unchanged since version %s: nothing to train", existing)
             return {"version": existing, "promoted": None, "cached": True, "stages": stages}
-        with pipeline.timed(stages, "evaluate"):
-            report, chosen_on_split = evaluate(ds, cfg)
-        with pipeline.timed(stages, "train"):
-            rec = train(ds, cfg, chosen_on_split)
+        with dask_runner(execution, log=logger.info) as (run_chunks, how):
+            with pipeline.timed(stages, "evaluate"):
+                report, chosen_on_split = evaluate(ds, cfg, run_chunks)
+            with pipeline.timed(stages, "train"):
+                rec = train(ds, cfg, chosen_on_split, run_chunks)
         metrics = pipeline.shipped_metrics(report)
         with pipeline.timed(stages, "compress+publish"):
             version, index_check = compress_and_publish(rec, ds, cfg, metrics, database_url,
-                                                        {"fingerprint": key, "stages": stages})
+                                                        {"fingerprint": key, "stages": stages}, how)
         if index_check is not None:
             metrics["index_check"] = index_check
         with pipeline.timed(stages, "promote"):
             promoted = promote(version, database_url, gates or {})
     stages["total"] = round(time.perf_counter() - started, 2)
-    publish_artifacts(version, metrics, ds, stages, promoted, database_url, gates or {})
+    publish_artifacts(version, metrics, ds, stages, promoted, database_url, gates or {}, how)
     return {"report": report.to_table(), "version": version, "promoted": promoted, "cached": False, "stages": stages,
             "metrics": {"warm_recall@20": metrics.get("warm", {}).get("recall", {}).get("20"),
                         "cold_recall@20": metrics.get("cold", {}).get("recall", {}).get("20")},
-            "index_check": metrics.get("index_check")}
+            "index_check": metrics.get("index_check"), "execution": how}

@@ -158,6 +158,8 @@ def test_deterministic_reruns_publish_identical_models(cli, engine, tmp_path, pr
         if isinstance(value, dict):
             return {k: without_timings(v) for k, v in value.items()
                     if not (k.endswith("seconds") or k.endswith("_s") or k.endswith("_mb") or k == "stages")}
+        if isinstance(value, list):
+            return [without_timings(v) for v in value]
         return value
 
     def contents(info):

@@ -184,3 +184,25 @@ def test_refresh_flow_makes_a_new_item_queryable(shop, first_run, tmp_path):
     neighbours = client.similar("NEW-0001", k=5)
     assert len(neighbours) == 5
     assert refresh_new_items(database_url=url) is None  # nothing new the second time
+
+
+def test_a_local_dask_cluster_of_two_workers_walks_for_the_flow(shop, first_run):
+    """`recsys train --dask-workers 2`: the walks' chunks run on a local cluster started for the run; the
+    version is published, promoted and says how it was made."""
+    from recsys import Client
+    from recsys.serving.registry import get_version
+
+    engine, url = shop
+    from flows.train_and_publish import train_and_publish
+
+    result = train_and_publish(database_url=url, config=SMALL, force=True, dask_workers=2)
+    how = result["execution"]
+    assert how["task_runner"] == "dask" and how["dask_workers"] == 2 and how["walk_chunks_on_dask"] > 0
+    assert len(how["worker_peak_rss_mb"]) == 2 and all(mb > 0 for mb in how["worker_peak_rss_mb"].values())
+    info = get_version(engine, result["version"])
+    client = Client.open(info.path)
+    assert client.manifest["execution"] == how
+    assert first_run["execution"]["task_runner"] == "local"
+    # walks do not depend on where they ran: the same training as the single-process run, within the
+    # training threads' noise (Hogwild updates land in another order)
+    assert abs(result["metrics"]["warm_recall@20"] - first_run["metrics"]["warm_recall@20"]) < 0.05

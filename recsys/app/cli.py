@@ -289,6 +289,12 @@ def diagnose(quick, seed, json_out, database_url):
 @click.option("--min-cold-recall", default=0.0, show_default=True, help="Promotion gate: cold Recall@20 floor.")
 @click.option("--max-drop", default=0.05, show_default=True,
               help="Promotion gate: largest relative Recall@20 drop allowed against production.")
+@click.option("--dask-workers", type=click.IntRange(0, 1024), default=0, show_default=True,
+              help="Generate the training walks on a local Dask cluster of N worker processes started for "
+                   "this run (same walks, same model as one process).")
+@click.option("--dask", "dask_address", envvar="RECSYS_DASK_ADDRESS",
+              help="Generate the training walks on an existing Dask scheduler, e.g. tcp://10.0.0.5:8786 "
+                   "(default: $RECSYS_DASK_ADDRESS).")
 @click.option("--index-shards", type=click.IntRange(1, 256), default=1, show_default=True,
               help="Split the candidate index by item range into N shard files, searched in parallel and "
                    "merged (the results equal one index's).")
@@ -304,7 +310,8 @@ def diagnose(quick, seed, json_out, database_url):
 @database_option
 @user_errors
 def train(force, dim, epochs, threads, max_queries, all_rows, min_warm_recall, min_cold_recall, max_drop,
-          index_shards, allow_index_loss, wait_for_lock, seed, deterministic, database_url):
+          dask_workers, dask_address, index_shards, allow_index_loss, wait_for_lock, seed, deterministic,
+          database_url):
     """Run the train-and-publish flow once, now.
 
     Extract, evaluate against the baselines, train EGES on all data, compress,
@@ -313,6 +320,9 @@ def train(force, dim, epochs, threads, max_queries, all_rows, min_warm_recall, m
     if deterministic and threads and threads != 1:
         raise UserError(f"--deterministic trains on one thread; drop --threads {threads}.")
     _check_trainable(database_url)  # before importing prefect and torch: a clear answer in a second
+    if dask_workers and dask_address:
+        raise UserError("Give either --dask ADDRESS (an existing Dask scheduler) or --dask-workers N (a local "
+                        "cluster for this run), not both.")
 
     from flows.train_and_publish import train_and_publish
     from recsys.recommenders.lineup import ROW_NAMES
@@ -337,7 +347,8 @@ def train(force, dim, epochs, threads, max_queries, all_rows, min_warm_recall, m
         gates["max_index_loss"] = None
     quiet_expected_flow_errors()
     result = train_and_publish(database_url=database_url, config=config, gates=gates, force=force,
-                               wait_for_lock_s=float(wait_for_lock))
+                               wait_for_lock_s=float(wait_for_lock), dask_address=dask_address,
+                               dask_workers=dask_workers)
     _print_train_result(result)
 
 
@@ -393,6 +404,10 @@ def _print_train_result(result: dict) -> None:
     click.echo(f"Published version {result['version']} ({promoted}).")
     if result.get("report"):
         click.echo(result["report"])
+    how = result.get("execution") or {}
+    if how.get("task_runner") == "dask":
+        click.echo(f"Walks on Dask: {how['dask_address']}, {how['dask_workers']} workers, "
+                   f"{how['walk_chunks_on_dask']} chunks; workers' peak memory (MB) {how['worker_peak_rss_mb']}.")
     check = result.get("index_check")
     if check:
         click.echo(f"Index: {check['layout']} ({check['factory']} / query {check['query_factory']}), "

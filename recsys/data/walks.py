@@ -7,7 +7,8 @@ of numpy gathers: O(1) per step, no per-node Python.
 
 Determinism: walkers are cut into fixed chunks of `CHUNK_WALKS`, each with
 its own generator seeded by (seed, round, chunk), so the walks depend only
-on the seed and the start nodes, never on `batch_size`. Each round starts
+on the seed and the start nodes, never on `batch_size`, nor on where the
+chunks run (`walk_chunk` is a pure function: the unit a Dask task runs). Each round starts
 one walk from every node with an edge, in a fresh seeded shuffle (as
 DeepWalk does); `walks_per_node` rounds in all. Memory stays at one chunk
 plus one batch whatever the number of walks.
@@ -166,37 +167,72 @@ def _walk_chunk(starts: np.ndarray, walk_length: int, rng: np.random.Generator, 
     return np.ascontiguousarray(steps.T)
 
 
+@dataclass
+class WalkArrays:
+    """What advancing walkers needs, compact: built once per graph, shipped once to every worker."""
+
+    node_start: np.ndarray  # int64 first edge of each node
+    deg_f: np.ndarray  # float64 degree of each node
+    prob: np.ndarray  # float32 alias coin per edge
+    target: np.ndarray  # int32 edge target
+    alias_target: np.ndarray  # int32 the alias' target node per edge
+
+    @classmethod
+    def from_graph(cls, graph: ItemGraph, alias_table: AliasTable | None = None) -> "WalkArrays":
+        table = alias_table if alias_table is not None else build_alias_table(graph)
+        # the coin only needs float32, and storing the alias' target node saves a dependent gather per step
+        return cls(graph.indptr[:-1].astype(np.int64), np.diff(graph.indptr).astype(np.float64),
+                   table.prob.astype(np.float32), graph.indices, graph.indices[table.alias])
+
+
+def walk_chunk(arrays: WalkArrays, starts: np.ndarray, walk_length: int, key: tuple[int, int, int]) -> np.ndarray:
+    """The walks of one chunk of a round: `starts` advanced by the generator seeded with key = (seed, round,
+    chunk + 1). A pure function of its arguments: the unit that runs anywhere (a Dask task)."""
+    rng = np.random.default_rng(list(key))
+    return _walk_chunk(starts, walk_length, rng, arrays.node_start, arrays.deg_f, arrays.prob, arrays.target,
+                       arrays.alias_target)
+
+
+def serial_chunks(arrays: WalkArrays, chunks: list[tuple[np.ndarray, tuple[int, int, int]]],
+                  walk_length: int) -> Iterator[np.ndarray]:
+    """Run the chunks of a round one after the other, in this process (the default walk runner)."""
+    for starts, key in chunks:
+        yield walk_chunk(arrays, starts, walk_length, key)
+
+
+def round_chunks(starts_all: np.ndarray, seed: int, rnd: int) -> list[tuple[np.ndarray, tuple[int, int, int]]]:
+    """(start nodes, generator key) of each chunk of round `rnd`: a seeded shuffle of every start node cut
+    into chunks of CHUNK_WALKS. Fixed by the seed alone, so a round's walks are the same whoever runs its
+    chunks, in whatever number of workers."""
+    order = np.random.default_rng([seed, rnd, 0]).permutation(starts_all)
+    return [(order[lo:lo + CHUNK_WALKS], (seed, rnd, c + 1)) for c, lo in enumerate(range(0, len(order), CHUNK_WALKS))]
+
+
 def iter_walks(graph: ItemGraph, walk_length: int = 10, walks_per_node: int = 20, seed: int = 0,
                batch_size: int = DEFAULT_BATCH_SIZE, start_nodes: np.ndarray | None = None,
-               alias_table: AliasTable | None = None) -> Iterator[np.ndarray]:
+               alias_table: AliasTable | None = None, run_chunks=None) -> Iterator[np.ndarray]:
     """Weighted random walks as int32 batches of shape [<= batch_size, walk_length].
 
     A walk that reaches a node without edges is padded with -1. `start_nodes`
     restricts the walks to start from these nodes (a shard of the item range);
     nodes without edges never start a walk. `alias_table` (from
     `build_alias_table(graph)`) lets repeated passes over one graph build it once.
+    `run_chunks(arrays, chunks, walk_length)` runs a round's chunks and yields
+    their walks in order (default `serial_chunks`; recsys/jobs/dask_walks.py
+    runs them on a Dask cluster): the walks are the same either way.
     """
     _check_args(walk_length, walks_per_node, batch_size)
     starts_all = walk_start_nodes(graph, start_nodes)
     if len(starts_all) == 0 or walks_per_node == 0:
         return
-    table = alias_table if alias_table is not None else build_alias_table(graph)
-    # Compact copies for stepping: the coin only needs float32, and storing
-    # the alias' target node saves a dependent gather per step.
-    prob = table.prob.astype(np.float32)
-    alias_target = graph.indices[table.alias]
-    del table
-    node_start = graph.indptr[:-1].astype(np.int64)
-    deg_f = np.diff(graph.indptr).astype(np.float64)
+    arrays = WalkArrays.from_graph(graph, alias_table)
+    run_chunks = run_chunks or serial_chunks
     pending: list[np.ndarray] = []
     n_pending = 0
     for rnd in range(walks_per_node):
-        order = np.random.default_rng([seed, rnd, 0]).permutation(starts_all)
-        for c, lo in enumerate(range(0, len(order), CHUNK_WALKS)):
-            rng = np.random.default_rng([seed, rnd, c + 1])
-            pending.append(_walk_chunk(order[lo:lo + CHUNK_WALKS], walk_length, rng, node_start, deg_f,
-                                        prob, graph.indices, alias_target))
-            n_pending += len(pending[-1])
+        for walks in run_chunks(arrays, round_chunks(starts_all, seed, rnd), walk_length):
+            pending.append(walks)
+            n_pending += len(walks)
             if n_pending >= batch_size:
                 buffered = np.concatenate(pending) if len(pending) > 1 else pending[0]
                 cut = (len(buffered) // batch_size) * batch_size
@@ -209,9 +245,10 @@ def iter_walks(graph: ItemGraph, walk_length: int = 10, walks_per_node: int = 20
 
 
 def generate_walks(graph: ItemGraph, walk_length: int = 10, walks_per_node: int = 20, seed: int = 0,
-                   start_nodes: np.ndarray | None = None) -> np.ndarray:
+                   start_nodes: np.ndarray | None = None, run_chunks=None) -> np.ndarray:
     """All walks at once: int32 [n_walks, walk_length]."""
-    batches = list(iter_walks(graph, walk_length, walks_per_node, seed, start_nodes=start_nodes))
+    batches = list(iter_walks(graph, walk_length, walks_per_node, seed, start_nodes=start_nodes,
+                              run_chunks=run_chunks))
     if not batches:
         return np.zeros((0, walk_length), dtype=np.int32)
     return np.concatenate(batches)

@@ -141,7 +141,7 @@ def skipgram_pairs(walks: np.ndarray, window: int, rng: np.random.Generator | No
 
 
 def _walk_source(walks_or_graph, config: TrainConfig, epoch: int, batch_walks: int,
-                 alias_table=None) -> Iterator[np.ndarray]:
+                 alias_table=None, run_chunks=None) -> Iterator[np.ndarray]:
     """Walk batches of one epoch: fresh walks from a graph, or a fixed array reshuffled."""
     if isinstance(walks_or_graph, np.ndarray):
         order = np.random.default_rng(config.seed + epoch).permutation(len(walks_or_graph))
@@ -149,10 +149,11 @@ def _walk_source(walks_or_graph, config: TrainConfig, epoch: int, batch_walks: i
             yield walks_or_graph[order[start:start + batch_walks]]
         return
     yield from iter_walks(walks_or_graph, walk_length=config.walk_length, walks_per_node=config.walks_per_node,
-                          seed=config.seed + 1000 * epoch, batch_size=batch_walks, alias_table=alias_table)
+                          seed=config.seed + 1000 * epoch, batch_size=batch_walks, alias_table=alias_table,
+                          run_chunks=run_chunks)
 
 
-def _node_counts(walks_or_graph, config: TrainConfig, n_items: int, alias_table=None) -> np.ndarray:
+def _node_counts(walks_or_graph, config: TrainConfig, n_items: int, alias_table=None, run_chunks=None) -> np.ndarray:
     """Walk-node frequencies for the noise distribution (a short pre-pass over the walks)."""
     if isinstance(walks_or_graph, np.ndarray):
         w = walks_or_graph[walks_or_graph >= 0]
@@ -160,7 +161,7 @@ def _node_counts(walks_or_graph, config: TrainConfig, n_items: int, alias_table=
     counts = np.zeros(n_items, np.float64)
     for batch in iter_walks(walks_or_graph, walk_length=config.walk_length,
                             walks_per_node=min(config.walks_per_node, 4), seed=config.seed + 7919,
-                            batch_size=65536, alias_table=alias_table):
+                            batch_size=65536, alias_table=alias_table, run_chunks=run_chunks):
         counts += np.bincount(batch[batch >= 0], minlength=n_items)
     return counts
 
@@ -189,8 +190,12 @@ class RowAdagrad:
 
 # --------------------------------------------------------------------------- training
 def train_embeddings(ds: Dataset, walks_or_graph, config: TrainConfig = TrainConfig(),
-                     progress: bool = True) -> TrainedModel:
-    """Train EGES/GES/BGE on walks (an ItemGraph to walk on, or an int array of walks)."""
+                     progress: bool = True, run_chunks=None) -> TrainedModel:
+    """Train EGES/GES/BGE on walks (an ItemGraph to walk on, or an int array of walks).
+
+    run_chunks: where the walks' chunks run (recsys.data.walks.iter_walks; e.g. a Dask cluster's
+    workers, recsys/jobs/dask_walks.py); the walks, and so the model, are the same.
+    """
     config.validate()
     engine = config.resolved_engine()
     if config.num_threads and engine == "torch":
@@ -205,7 +210,7 @@ def train_embeddings(ds: Dataset, walks_or_graph, config: TrainConfig = TrainCon
     alias_table = None
     if not isinstance(walks_or_graph, np.ndarray):
         alias_table = build_alias_table(walks_or_graph)
-    counts = _node_counts(walks_or_graph, config, ds.n_items, alias_table)
+    counts = _node_counts(walks_or_graph, config, ds.n_items, alias_table, run_chunks)
     if counts.sum() == 0:
         raise ValueError("no walks to train on: the graph has no edges")
     drop_share = config.id_dropout if (config.cold_start == "id_dropout" and model.n_features) else 0.0
@@ -218,7 +223,7 @@ def train_embeddings(ds: Dataset, walks_or_graph, config: TrainConfig = TrainCon
     epochs = planned_epochs(config, walks_per_epoch * pairs_per_walk)
     total_walks = max(1, walks_per_epoch * epochs)
     batches = (walks for epoch in range(epochs)
-               for walks in _walk_source(walks_or_graph, config, epoch, batch_walks, alias_table))
+               for walks in _walk_source(walks_or_graph, config, epoch, batch_walks, alias_table, run_chunks))
     bar = None
     if progress:
         bar = tqdm(total=total_walks, unit="walk", desc=f"{config.mode} training")

@@ -88,30 +88,33 @@ def fingerprint(ds: Dataset, config: PipelineConfig) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def evaluation_rows(config: PipelineConfig) -> list:
+def evaluation_rows(config: PipelineConfig, run_chunks=None) -> list:
     """The recommenders of the evaluation table (recsys/recommenders/lineup.py), in lineup order."""
-    return build_rows(config.eval_rows, config)
+    return build_rows(config.eval_rows, config, run_chunks)
 
 
-def run_evaluation(ds: Dataset, config: PipelineConfig, log=print) -> tuple[EvaluationReport, object | None]:
+def run_evaluation(ds: Dataset, config: PipelineConfig, log=print,
+                   run_chunks=None) -> tuple[EvaluationReport, object | None]:
     """The offline protocol on `ds`; returns (report, the row whose choices the final training reuses).
 
     That row is the shipped blend when evaluated (its EGES scorers and its blend), else EGES.
     """
-    rows = evaluation_rows(config)
+    rows = evaluation_rows(config, run_chunks)
     report = evaluate(ds, rows, config.evaluation, log=log)
     by_name = {getattr(r, "name", ""): r for r in rows}
     return report, by_name.get(SHIPPED_ROW) or by_name.get("EGES")
 
 
-def train_final(ds: Dataset, config: PipelineConfig, chosen_from=None, progress: bool = True) -> BlendedRecommender:
+def train_final(ds: Dataset, config: PipelineConfig, chosen_from=None, progress: bool = True,
+                run_chunks=None) -> BlendedRecommender:
     """Train the shipped model on all purchases: EGES, its compressed index's blend with co-purchases.
 
     When the evaluation already chose the scorers (and the blend) on its
     validation split, reuse those choices (one training instead of two).
     """
     rec = EGESRecommender(dataclasses.replace(config.train, mode="eges"), config.scoring, name="EGES",
-                          graph=config.graph, session_gap_s=config.evaluation.session_gap_s, progress=progress)
+                          graph=config.graph, session_gap_s=config.evaluation.session_gap_s, progress=progress,
+                          run_chunks=run_chunks)
     eges_of_split = chosen_from.eges if isinstance(chosen_from, BlendedRecommender) else chosen_from
     if eges_of_split is not None and getattr(eges_of_split, "warm_scorer", None) is not None:
         rec.fit_with_scorers(ds, eges_of_split.warm_scorer, eges_of_split.cold_scorer)
@@ -133,7 +136,7 @@ def shipped_metrics(report) -> dict:
 
 
 def build_parts(shipped: BlendedRecommender, ds: Dataset, config: PipelineConfig, metrics: dict,
-                extra_notes: dict | None = None, log=None) -> BundleParts:
+                extra_notes: dict | None = None, log=None, execution: dict | None = None) -> BundleParts:
     """The bundle of the shipped model: EGES's model and scorers, the index, the blend, the training plots.
 
     The index is the smallest layout of the run's index check that keeps
@@ -156,6 +159,7 @@ def build_parts(shipped: BlendedRecommender, ds: Dataset, config: PipelineConfig
                              watermark=ds.watermark.as_dict() if ds.watermark else {},
                              indexes=check.indexes if check else None)
     parts.index_check = check.record if check else None
+    parts.execution = execution
     parts.graph = GraphEvidence.from_positions(parts.items.index_row, shipped.warm_blend, shipped.cold_blend,
                                                shipped.item_partners, shipped.category_partners, shipped.log_pop,
                                                shipped.category_support, shipped.category_members, shipped.choice)

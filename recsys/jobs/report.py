@@ -33,7 +33,7 @@ def table_rows(metrics: dict) -> list[dict]:
 
 def run_report_markdown(*, version: str, metrics: dict, previous: tuple[str, dict] | None, counts: dict,
                         stages: dict, promoted: bool | None, bundle_path: str, plots: dict[str, str],
-                        index_gate: float | None = 0.02) -> str:
+                        index_gate: float | None = 0.02, execution: dict | None = None) -> str:
     lines = [f"# recsys version `{version}`", ""]
     status = {True: "promoted to **production**", False: "kept as **candidate** (quality gates failed)",
               None: "not promoted"}[promoted]
@@ -62,6 +62,15 @@ def run_report_markdown(*, version: str, metrics: dict, previous: tuple[str, dic
         for name, label, digits in (("coverage", "warm coverage@20", 3), ("tail_recall", "warm tail Recall@20", 4)):
             lines.append(f"| {label} | {_fmt(metric(metrics, 'warm', name), digits)} | "
                          f"{_fmt(metric(prev_metrics, 'warm', name), digits)} |")
+    if execution:
+        lines += ["", "## How it ran", ""]
+        if execution.get("task_runner") == "dask":
+            lines.append(f"Walks on Dask ({execution.get('dask_address')}, {execution.get('dask_workers')} workers, "
+                         f"{execution.get('walk_chunks_on_dask')} walk chunks); workers' peak memory (MB): "
+                         f"{execution.get('worker_peak_rss_mb') or '-'}. Training: "
+                         f"{execution.get('train_processes', 1)} process.")
+        else:
+            lines.append("On this machine: walks and training in the flow's process.")
     lines += ["", "## Timings (s)", "", "| stage | seconds |", "|---|---|"]
     lines += [f"| {name} | {seconds:.1f} |" for name, seconds in stages.items()]
     if plots:

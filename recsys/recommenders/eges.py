@@ -80,7 +80,7 @@ class EGESRecommender:
 
     def __init__(self, train: TrainConfig | None = None, scoring: ScorerConfig | None = None, *,
                  mode: str | None = None, name: str | None = None, graph: GraphConfig | None = None,
-                 session_gap_s: int = 3600, progress: bool = False):
+                 session_gap_s: int = 3600, progress: bool = False, run_chunks=None):
         train = train or TrainConfig()
         if mode is not None:
             train = dataclasses.replace(train, mode=mode)
@@ -92,6 +92,7 @@ class EGESRecommender:
         self.graph_config = graph or GraphConfig()
         self.session_gap_s = session_gap_s
         self.progress = progress
+        self.run_chunks = run_chunks  # where walk chunks run (None: here); recsys.data.walks.iter_walks
         self.trained: TrainedModel | None = None
         self.warm_scorer: Scorer | None = None
         self.cold_scorer: Scorer | None = None
@@ -102,11 +103,11 @@ class EGESRecommender:
     # -- training ------------------------------------------------------------
     def _train(self, ds: Dataset) -> TrainedModel:
         graph = build_item_graph(ds, make_baskets(ds, self.session_gap_s), self.graph_config)
-        return train_embeddings(ds, graph, self.config, progress=self.progress)
+        return train_embeddings(ds, graph, self.config, progress=self.progress, run_chunks=self.run_chunks)
 
     def embed_graph(self, ds: Dataset, graph: ItemGraph) -> np.ndarray:
         """Item vectors trained on a given graph (link-prediction AUC)."""
-        return train_embeddings(ds, graph, self.config, progress=self.progress).item_vectors
+        return train_embeddings(ds, graph, self.config, progress=self.progress, run_chunks=self.run_chunks).item_vectors
 
     def fit(self, train: Dataset) -> None:
         candidates = self.scoring.candidates()

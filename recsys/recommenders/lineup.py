@@ -77,8 +77,11 @@ ROW_NAMES = tuple(r.name for r in ROWS)
 NIGHTLY_ROWS = tuple(r.name for r in ROWS if r.nightly)
 
 
-def build_rows(names: Sequence[str], settings: RowSettings) -> list[Recommender]:
-    """The recommenders of these rows (names matched case-insensitively), in lineup order."""
+def build_rows(names: Sequence[str], settings: RowSettings, run_chunks=None) -> list[Recommender]:
+    """The recommenders of these rows (names matched case-insensitively), in lineup order.
+
+    run_chunks: where the embedding rows' walk chunks run (recsys.data.walks.iter_walks; None: here).
+    """
     by_name = {r.name.lower(): r for r in ROWS}
     unknown = [n for n in names if n.lower() not in by_name]
     if unknown:
@@ -93,4 +96,6 @@ def build_rows(names: Sequence[str], settings: RowSettings) -> list[Recommender]
     for row in ROWS:
         if row.name.lower() in wanted:
             built[row.name] = row.build(settings, built)
+            if isinstance(built[row.name], EGESRecommender):
+                built[row.name].run_chunks = run_chunks
     return list(built.values())

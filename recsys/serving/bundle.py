@@ -150,6 +150,8 @@ class BundleParts:
     popularity_weight_on: str = "query"
     # the run's check of its index against exact search (recsys/jobs/index_check.py); None = unchecked
     index_check: dict | None = None
+    # how the version was made (recsys/jobs/execution.py): task runner, Dask workers, ...
+    execution: dict | None = None
 
     def validate(self) -> None:
         self.items.validate()
@@ -443,6 +445,7 @@ def _fill(parts: BundleParts, version: str, on_step: StepCallback | None) -> Cal
             "scorers": parts.scorers,
             "popularity_weight_on": parts.popularity_weight_on,
             "index_check": parts.index_check,
+            "execution": parts.execution,
             "indexes": {name: _index_info(index) for name, index in parts.indexes.items()},
             "data_watermark": parts.watermark,
             "row_counts": {"items": len(items), "indexed_items": int((items.index_row >= 0).sum()),
@@ -604,7 +607,7 @@ def open_bundle(path: str | Path, verify: bool = True, index_class=None) -> Bund
                         kind=manifest.get("kind", "full"), parent_version=manifest.get("parent_version"),
                         notes=manifest.get("notes") or {}, graph=graph,
                         popularity_weight_on=manifest.get("popularity_weight_on", "candidates"),
-                        index_check=manifest.get("index_check"))
+                        index_check=manifest.get("index_check"), execution=manifest.get("execution"))
     try:
         parts.validate()
     except ValueError as exc:

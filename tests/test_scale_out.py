@@ -1,0 +1,80 @@
+"""Scale-out on existing engines: walk chunks on a real local Dask cluster give the single-process walks."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+from distributed import Client, LocalCluster
+
+from recsys.data.graph import ItemGraph
+from recsys.data.walks import CHUNK_WALKS, generate_walks
+from recsys.jobs.dask_walks import DaskChunkRunner
+
+
+def random_graph(n: int, degree: int, seed: int) -> ItemGraph:
+    rng = np.random.default_rng(seed)
+    src = rng.integers(0, n, n * degree // 2)
+    dst = rng.integers(0, n, n * degree // 2)
+    keep = src != dst
+    w = rng.gamma(1.0, 1.0, keep.sum()).astype(np.float32) + 0.1
+    m = sp.coo_matrix((w, (src[keep], dst[keep])), shape=(n, n)).tocsr()
+    m = (m + m.T).tocsr()
+    m.sort_indices()
+    return ItemGraph(n, m.indptr.astype(np.int64), m.indices.astype(np.int32), m.data.astype(np.float32))
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
+                      silence_logs=40) as local, Client(local) as client:
+        yield client
+
+
+def test_walks_on_two_dask_workers_equal_the_single_process_walks(cluster):
+    graph = random_graph(3 * CHUNK_WALKS // 2, 6, seed=3)  # two chunks a round
+    runner = DaskChunkRunner(client=cluster)
+    single = generate_walks(graph, walk_length=8, walks_per_node=3, seed=11)
+    dask = generate_walks(graph, walk_length=8, walks_per_node=3, seed=11, run_chunks=runner)
+    np.testing.assert_array_equal(dask, single)
+    assert runner.chunks_run == 3 * 2
+    processed = cluster.run(lambda dask_worker: len(dask_worker.data) + len(dask_worker.state.tasks))
+    assert len(processed) == 2  # both workers took part (hold the scattered graph at least)
+    assert not np.array_equal(generate_walks(graph, 8, 3, seed=12, run_chunks=runner), single)
+
+
+def test_a_model_trained_with_walks_from_the_cluster_is_the_single_process_model(cluster):
+    from recsys.data.synthetic import ShopConfig, generate_shop
+    from recsys.data.graph import build_item_graph
+    from recsys.data.sessions import make_baskets
+    from recsys.embed.train import TrainConfig, train_embeddings
+
+    ds = generate_shop(ShopConfig(n_items=400, n_users=300, n_baskets=1500, seed=5)).to_dataset()
+    graph = build_item_graph(ds, make_baskets(ds, 3600))
+    config = TrainConfig(dim=16, epochs=2, num_threads=1, walks_per_node=4, seed=2)
+    single = train_embeddings(ds, graph, config, progress=False)
+    dask = train_embeddings(ds, graph, config, progress=False, run_chunks=DaskChunkRunner(client=cluster))
+    np.testing.assert_array_equal(dask.item_vectors, single.item_vectors)
+
+
+def test_a_worker_killed_mid_run_loses_no_walk():
+    """A worker process dies while a round is being walked: Dask reruns its chunks on the other worker
+    (the graph was scattered to both), and the walks are still the single-process ones."""
+    import os
+
+    graph = random_graph(3 * CHUNK_WALKS // 2, 6, seed=4)
+    single = generate_walks(graph, walk_length=6, walks_per_node=4, seed=1)
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
+                      silence_logs=50) as local, Client(local) as client:
+        from recsys.data.walks import iter_walks
+
+        runner = DaskChunkRunner(client=client)
+        batches = iter_walks(graph, 6, 4, seed=1, batch_size=CHUNK_WALKS // 4, run_chunks=runner)
+        got = [next(batches)]
+        victim = sorted(client.scheduler_info()["workers"])[0]
+        try:
+            client.run(lambda: os._exit(1), workers=[victim])
+        except Exception:  # the worker dies before it can answer
+            pass
+        got += list(batches)
+        assert victim not in client.scheduler_info()["workers"]  # it died (its nanny started another)
+    np.testing.assert_array_equal(np.concatenate(got), single)
