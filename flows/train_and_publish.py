@@ -68,18 +68,20 @@ def extract(database_url: str | None):
 
 
 @task(cache_policy=NO_CACHE)
-def evaluate(ds, config: pipeline.PipelineConfig, run_chunks=None):
+def evaluate(ds, config: pipeline.PipelineConfig, run_chunks=None, train_processes: int = 1):
     logger = get_run_logger()
     with _data_size_errors(ds):
-        report, chosen = pipeline.run_evaluation(ds, config, log=logger.info, run_chunks=run_chunks)
+        report, chosen = pipeline.run_evaluation(ds, config, log=logger.info, run_chunks=run_chunks,
+                                                 train_processes=train_processes)
     logger.info("evaluation:\n%s", report.to_table())
     return report, chosen
 
 
 @task(cache_policy=NO_CACHE)
-def train(ds, config: pipeline.PipelineConfig, chosen_from, run_chunks=None):
+def train(ds, config: pipeline.PipelineConfig, chosen_from, run_chunks=None, train_processes: int = 1):
     with _data_size_errors(ds):
-        shipped = pipeline.train_final(ds, config, chosen_from=chosen_from, progress=True, run_chunks=run_chunks)
+        shipped = pipeline.train_final(ds, config, chosen_from=chosen_from, progress=True, run_chunks=run_chunks,
+                                       train_processes=train_processes)
     stats = shipped.eges.trained.stats
     get_run_logger().info("trained EGES on all data: %s; blend %s", json.dumps(stats, default=str),
                           json.dumps({k: shipped.choice[k] for k in ("half_life_share", "warm", "cold")}, default=str))
@@ -137,14 +139,17 @@ def publish_artifacts(version: str, metrics: dict, ds, stages: dict, promoted: b
 @flow(name="train-and-publish", log_prints=True)
 def train_and_publish(database_url: str | None = None, config: dict | None = None, gates: dict | None = None,
                       force: bool = False, wait_for_lock_s: float = 0.0, dask_address: str | None = None,
-                      dask_workers: int = 0) -> dict:
+                      dask_workers: int = 0, train_processes: int = 1) -> dict:
     """Train EGES on the shop's data, evaluate it beside the baselines, publish and promote a version.
 
     config: PipelineConfig settings (e.g. {"train": {"dim": 32}, "evaluation": {"max_queries": 2000}});
     gates: recsys.serving.registry.Gates fields; force: retrain even when data and config are unchanged;
     dask_address / dask_workers: walk on an existing Dask scheduler / a local cluster of N workers
-    (recsys/jobs/execution.py; RECSYS_DASK_ADDRESS is the address's default).
+    (recsys/jobs/execution.py; RECSYS_DASK_ADDRESS is the address's default); train_processes: EGES
+    trained data-parallel on that many processes of this machine (recsys/embed/distributed.py).
     """
+    if int(train_processes) < 1:
+        raise UserError(f"--train-processes must be >= 1, got {train_processes}")
     execution = Execution.resolve(dask_address, dask_workers)
     logger = get_run_logger()
     cfg = pipeline.PipelineConfig.from_dict(config)
@@ -159,10 +164,11 @@ def train_and_publish(database_url: str | None = None, config: dict | None = Non
             logger.info("data and config unchanged since version %s: nothing to train", existing)
             return {"version": existing, "promoted": None, "cached": True, "stages": stages}
         with dask_runner(execution, log=logger.info) as (run_chunks, how):
+            how["train_processes"] = int(train_processes)
             with pipeline.timed(stages, "evaluate"):
-                report, chosen_on_split = evaluate(ds, cfg, run_chunks)
+                report, chosen_on_split = evaluate(ds, cfg, run_chunks, int(train_processes))
             with pipeline.timed(stages, "train"):
-                rec = train(ds, cfg, chosen_on_split, run_chunks)
+                rec = train(ds, cfg, chosen_on_split, run_chunks, int(train_processes))
         metrics = pipeline.shipped_metrics(report)
         with pipeline.timed(stages, "compress+publish"):
             version, index_check = compress_and_publish(rec, ds, cfg, metrics, database_url,

@@ -78,3 +78,67 @@ def test_a_worker_killed_mid_run_loses_no_walk():
         got += list(batches)
         assert victim not in client.scheduler_info()["workers"]  # it died (its nanny started another)
     np.testing.assert_array_equal(np.concatenate(got), single)
+
+
+@pytest.fixture(scope="module")
+def small_shop():
+    from recsys.data.synthetic import ShopConfig, generate_shop
+
+    return generate_shop(ShopConfig(n_items=1500, n_users=1200, n_baskets=8000, seed=8)).to_dataset()
+
+
+def test_two_training_processes_reach_the_recall_of_one(small_shop):
+    """torch.distributed data-parallel training (gloo, 2 CPU processes): each rank trains on its share of
+    the walks, updates summed every epoch; warm Recall@20 within noise of one process."""
+    from recsys.embed.train import TrainConfig
+    from recsys.evaluation.protocol import EvalConfig, evaluate
+    from recsys.recommenders.eges import EGESRecommender, ScorerConfig
+    from recsys.vectors import Scorer
+
+    config = TrainConfig(dim=32, epochs=4, num_threads=1, seed=1)
+    rows = []
+    for processes in (1, 2):
+        rec = EGESRecommender(config, ScorerConfig(warm="inout_prior", cold="inout_prior"),
+                              name=f"EGES x{processes}", train_processes=processes)
+        rows.append(rec)
+    report = evaluate(small_shop, rows, EvalConfig(max_queries=2000, include_link_prediction=False))
+    one, two = (row.warm.recall[20] for row in report.rows)
+    assert two.__class__ is float and one > 0.1
+    assert abs(two - one) / one < 0.05, (one, two)
+    assert rows[1].trained.stats["train_processes"] == 2 and rows[1].trained.stats["epoch_sums"] == 4
+
+
+def test_a_training_rank_that_dies_ends_the_training_with_a_clear_error(small_shop):
+    import signal
+    import threading
+    import time
+
+    import psutil
+
+    from recsys.data.graph import build_item_graph
+    from recsys.data.sessions import make_baskets
+    from recsys.embed.distributed import train_data_parallel
+    from recsys.embed.train import TrainConfig
+
+    graph = build_item_graph(small_shop, make_baskets(small_shop, 3600))
+    outcome = {}
+
+    def run():
+        try:
+            train_data_parallel(small_shop, graph, TrainConfig(dim=16, epochs=200, num_threads=1), 2)
+        except RuntimeError as exc:
+            outcome["error"] = str(exc)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        ranks = [p for p in psutil.Process().children(recursive=True) if "python" in p.name().lower()]
+        if len(ranks) >= 2:
+            break
+        time.sleep(0.2)
+    time.sleep(3)  # inside training
+    ranks[-1].send_signal(signal.SIGKILL)
+    thread.join(120)
+    assert not thread.is_alive()
+    assert "died" in outcome.get("error", "") or "raised" in outcome.get("error", ""), outcome

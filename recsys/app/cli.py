@@ -295,6 +295,9 @@ def diagnose(quick, seed, json_out, database_url):
 @click.option("--dask", "dask_address", envvar="RECSYS_DASK_ADDRESS",
               help="Generate the training walks on an existing Dask scheduler, e.g. tcp://10.0.0.5:8786 "
                    "(default: $RECSYS_DASK_ADDRESS).")
+@click.option("--train-processes", type=click.IntRange(1, 256), default=1, show_default=True,
+              help="Train EGES data-parallel on N processes of this machine (torch.distributed, gloo): each "
+                   "trains on its share of the walks, the updates are summed every epoch.")
 @click.option("--index-shards", type=click.IntRange(1, 256), default=1, show_default=True,
               help="Split the candidate index by item range into N shard files, searched in parallel and "
                    "merged (the results equal one index's).")
@@ -310,8 +313,8 @@ def diagnose(quick, seed, json_out, database_url):
 @database_option
 @user_errors
 def train(force, dim, epochs, threads, max_queries, all_rows, min_warm_recall, min_cold_recall, max_drop,
-          dask_workers, dask_address, index_shards, allow_index_loss, wait_for_lock, seed, deterministic,
-          database_url):
+          dask_workers, dask_address, train_processes, index_shards, allow_index_loss, wait_for_lock, seed,
+          deterministic, database_url):
     """Run the train-and-publish flow once, now.
 
     Extract, evaluate against the baselines, train EGES on all data, compress,
@@ -348,7 +351,7 @@ def train(force, dim, epochs, threads, max_queries, all_rows, min_warm_recall, m
     quiet_expected_flow_errors()
     result = train_and_publish(database_url=database_url, config=config, gates=gates, force=force,
                                wait_for_lock_s=float(wait_for_lock), dask_address=dask_address,
-                               dask_workers=dask_workers)
+                               dask_workers=dask_workers, train_processes=train_processes)
     _print_train_result(result)
 
 

@@ -172,6 +172,9 @@ def _n_walks(walks_or_graph, config: TrainConfig) -> int:
     return int((np.diff(walks_or_graph.indptr) > 0).sum()) * config.walks_per_node
 
 
+EPOCH_END = None  # between epochs of a data-parallel training: the ranks sum their updates
+
+
 # --------------------------------------------------------------------------- optimiser
 class RowAdagrad:
     """Row-wise Adagrad on gathered rows: one accumulator per table row."""
@@ -190,11 +193,13 @@ class RowAdagrad:
 
 # --------------------------------------------------------------------------- training
 def train_embeddings(ds: Dataset, walks_or_graph, config: TrainConfig = TrainConfig(),
-                     progress: bool = True, run_chunks=None) -> TrainedModel:
+                     progress: bool = True, run_chunks=None, data_parallel=None) -> TrainedModel:
     """Train EGES/GES/BGE on walks (an ItemGraph to walk on, or an int array of walks).
 
     run_chunks: where the walks' chunks run (recsys.data.walks.iter_walks; e.g. a Dask cluster's
     workers, recsys/jobs/dask_walks.py); the walks, and so the model, are the same.
+    data_parallel: this process's rank of a data-parallel training (recsys/embed/distributed.py): it
+    trains on its share of the walk chunks and the ranks sum their updates at every epoch's end.
     """
     config.validate()
     engine = config.resolved_engine()
@@ -210,7 +215,7 @@ def train_embeddings(ds: Dataset, walks_or_graph, config: TrainConfig = TrainCon
     alias_table = None
     if not isinstance(walks_or_graph, np.ndarray):
         alias_table = build_alias_table(walks_or_graph)
-    counts = _node_counts(walks_or_graph, config, ds.n_items, alias_table, run_chunks)
+    counts = _node_counts(walks_or_graph, config, ds.n_items, alias_table, run_chunks)  # every rank: all walks
     if counts.sum() == 0:
         raise ValueError("no walks to train on: the graph has no edges")
     drop_share = config.id_dropout if (config.cold_start == "id_dropout" and model.n_features) else 0.0
@@ -221,15 +226,26 @@ def train_embeddings(ds: Dataset, walks_or_graph, config: TrainConfig = TrainCon
     batch_walks = max(1, config.batch_size // pairs_per_walk)
     walks_per_epoch = _n_walks(walks_or_graph, config)
     epochs = planned_epochs(config, walks_per_epoch * pairs_per_walk)
-    total_walks = max(1, walks_per_epoch * epochs)
-    batches = (walks for epoch in range(epochs)
-               for walks in _walk_source(walks_or_graph, config, epoch, batch_walks, alias_table, run_chunks))
+    share = 1
+    if data_parallel is not None:
+        if engine != "numba" or isinstance(walks_or_graph, np.ndarray):
+            raise ValueError("data-parallel training runs the CPU engine on a graph's walks")
+        run_chunks, share = data_parallel.own_chunks(run_chunks), data_parallel.world_size
+    total_walks = max(1, walks_per_epoch * epochs // share)
+
+    def epoch_batches():
+        for epoch in range(epochs):
+            yield from _walk_source(walks_or_graph, config, epoch, batch_walks, alias_table, run_chunks)
+            if data_parallel is not None:
+                yield EPOCH_END
+    batches = epoch_batches()
     bar = None
     if progress:
         bar = tqdm(total=total_walks, unit="walk", desc=f"{config.mode} training")
     started = time.perf_counter()
     if engine == "numba":
-        losses, n_pairs, threads = _epochs_numba(model, batches, counts, config, drop_share, total_walks, bar)
+        losses, n_pairs, threads = _epochs_numba(model, batches, counts, config, drop_share, total_walks, bar,
+                                                 data_parallel)
     else:
         losses, n_pairs, threads = _epochs_torch(model, batches, counts, config, drop_share, total_walks, bar,
                                                  device)
@@ -261,6 +277,9 @@ def _run_batches(batches, config: TrainConfig, total_walks: int, bar, step) -> t
     losses: list[float] = []
     n_pairs, walks_done = 0, 0
     for walks in batches:
+        if walks is EPOCH_END:
+            step(EPOCH_END, 0.0, walks_done)
+            continue
         loss, pairs = step(walks, _learning_rate(config, walks_done, total_walks), walks_done)
         walks_done += len(walks)
         if pairs:
@@ -307,7 +326,7 @@ def component_rows(model: EGES) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _epochs_numba(model: EGES, batches, counts: np.ndarray, config: TrainConfig, drop_share: float,
-                  total_walks: int, bar) -> tuple[list[float], int, int]:
+                  total_walks: int, bar, data_parallel=None) -> tuple[list[float], int, int]:
     """The fused CPU kernel (recsys.embed.sgns_cpu): tables as one stacked numpy array, updated in place."""
     threads = sgns_cpu.set_threads(config.num_threads)
     tables = model.tables()
@@ -321,8 +340,14 @@ def _epochs_numba(model: EGES, batches, counts: np.ndarray, config: TrainConfig,
     table = sgns_cpu.noise_table(counts, config.noise_power)
     has_side = (comp_rows[:, 1:] >= 0).any(axis=1) if model.n_features else np.zeros(model.n_items, bool)
     learn_attention = model.mode == "eges"
+    shared = [emb, emb_state, ctx, ctx_state, logits, logit_state]  # what data-parallel ranks keep equal
+    if data_parallel is not None:
+        data_parallel.start(shared)
 
     def step(walks, lr, walks_done):
+        if walks is EPOCH_END:  # the ranks' updates of this epoch, summed, in every rank
+            data_parallel.sum_updates(shared)
+            return 0.0, 0
         walks = np.ascontiguousarray(walks, dtype=np.int64)
         loss_out = np.zeros(len(walks), np.float64)
         pairs_out = np.zeros(len(walks), np.int64)

@@ -88,25 +88,25 @@ def fingerprint(ds: Dataset, config: PipelineConfig) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def evaluation_rows(config: PipelineConfig, run_chunks=None) -> list:
+def evaluation_rows(config: PipelineConfig, run_chunks=None, train_processes: int = 1) -> list:
     """The recommenders of the evaluation table (recsys/recommenders/lineup.py), in lineup order."""
-    return build_rows(config.eval_rows, config, run_chunks)
+    return build_rows(config.eval_rows, config, run_chunks, train_processes)
 
 
-def run_evaluation(ds: Dataset, config: PipelineConfig, log=print,
-                   run_chunks=None) -> tuple[EvaluationReport, object | None]:
+def run_evaluation(ds: Dataset, config: PipelineConfig, log=print, run_chunks=None,
+                   train_processes: int = 1) -> tuple[EvaluationReport, object | None]:
     """The offline protocol on `ds`; returns (report, the row whose choices the final training reuses).
 
     That row is the shipped blend when evaluated (its EGES scorers and its blend), else EGES.
     """
-    rows = evaluation_rows(config, run_chunks)
+    rows = evaluation_rows(config, run_chunks, train_processes)
     report = evaluate(ds, rows, config.evaluation, log=log)
     by_name = {getattr(r, "name", ""): r for r in rows}
     return report, by_name.get(SHIPPED_ROW) or by_name.get("EGES")
 
 
 def train_final(ds: Dataset, config: PipelineConfig, chosen_from=None, progress: bool = True,
-                run_chunks=None) -> BlendedRecommender:
+                run_chunks=None, train_processes: int = 1) -> BlendedRecommender:
     """Train the shipped model on all purchases: EGES, its compressed index's blend with co-purchases.
 
     When the evaluation already chose the scorers (and the blend) on its
@@ -114,7 +114,7 @@ def train_final(ds: Dataset, config: PipelineConfig, chosen_from=None, progress:
     """
     rec = EGESRecommender(dataclasses.replace(config.train, mode="eges"), config.scoring, name="EGES",
                           graph=config.graph, session_gap_s=config.evaluation.session_gap_s, progress=progress,
-                          run_chunks=run_chunks)
+                          run_chunks=run_chunks, train_processes=train_processes)
     eges_of_split = chosen_from.eges if isinstance(chosen_from, BlendedRecommender) else chosen_from
     if eges_of_split is not None and getattr(eges_of_split, "warm_scorer", None) is not None:
         rec.fit_with_scorers(ds, eges_of_split.warm_scorer, eges_of_split.cold_scorer)

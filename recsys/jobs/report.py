@@ -68,9 +68,10 @@ def run_report_markdown(*, version: str, metrics: dict, previous: tuple[str, dic
             lines.append(f"Walks on Dask ({execution.get('dask_address')}, {execution.get('dask_workers')} workers, "
                          f"{execution.get('walk_chunks_on_dask')} walk chunks); workers' peak memory (MB): "
                          f"{execution.get('worker_peak_rss_mb') or '-'}. Training: "
-                         f"{execution.get('train_processes', 1)} process.")
+                         f"{execution.get('train_processes', 1)} process(es).")
         else:
-            lines.append("On this machine: walks and training in the flow's process.")
+            lines.append(f"On this machine: walks in the flow's process, training on "
+                         f"{execution.get('train_processes', 1)} process(es).")
     lines += ["", "## Timings (s)", "", "| stage | seconds |", "|---|---|"]
     lines += [f"| {name} | {seconds:.1f} |" for name, seconds in stages.items()]
     if plots:

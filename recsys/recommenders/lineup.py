@@ -77,10 +77,12 @@ ROW_NAMES = tuple(r.name for r in ROWS)
 NIGHTLY_ROWS = tuple(r.name for r in ROWS if r.nightly)
 
 
-def build_rows(names: Sequence[str], settings: RowSettings, run_chunks=None) -> list[Recommender]:
+def build_rows(names: Sequence[str], settings: RowSettings, run_chunks=None,
+               train_processes: int = 1) -> list[Recommender]:
     """The recommenders of these rows (names matched case-insensitively), in lineup order.
 
-    run_chunks: where the embedding rows' walk chunks run (recsys.data.walks.iter_walks; None: here).
+    run_chunks: where the embedding rows' walk chunks run (recsys.data.walks.iter_walks; None: here);
+    train_processes: data-parallel training ranks of the embedding rows (recsys/embed/distributed.py).
     """
     by_name = {r.name.lower(): r for r in ROWS}
     unknown = [n for n in names if n.lower() not in by_name]
@@ -98,4 +100,5 @@ def build_rows(names: Sequence[str], settings: RowSettings, run_chunks=None) -> 
             built[row.name] = row.build(settings, built)
             if isinstance(built[row.name], EGESRecommender):
                 built[row.name].run_chunks = run_chunks
+                built[row.name].train_processes = train_processes
     return list(built.values())
