@@ -3,15 +3,16 @@
 Every rank builds the same model (same seed, same initial tables), takes the
 walk chunks whose (round + chunk) falls to it (`DataParallel.own_chunks`;
 with a Dask runner the chunks are walked on the cluster), and trains on them
-with the fused CPU kernel. At each epoch's end the ranks sum their updates:
+with the fused CPU kernel. `SUMS_PER_EPOCH` times an epoch, at the same
+shares of every rank's walks, the ranks sum their updates:
 each rank's change of every table since the last sum (embeddings, context
 vectors, attention logits and their Adagrad accumulators) is all-reduced
 (gloo on CPUs; NCCL has no use here: the kernel is a CPU one) and added to
 the common starting point, so a row one rank moved keeps its whole move and a
 row both moved gets both. Between sums ranks do not see each other's updates
-(model averaging's trade-off: one exchange of the dense tables per epoch, 2 x
-4 x (items + side rows + items) x dim bytes, against a sparse exchange every
-batch; docs/scaling.md).
+(model averaging's trade-off: a dense exchange of the tables, about 4 x (2 x
+items + side rows) x dim bytes, `SUMS_PER_EPOCH` times an epoch, against a
+sparse exchange every batch; docs/scaling.md).
 
 `train_data_parallel` starts the ranks on this machine (torch.multiprocessing,
 a free loopback port) and returns rank 0's model; a rank that dies ends the
@@ -33,29 +34,40 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from recsys.data.walks import serial_chunks
+from recsys.data.walks import CHUNK_WALKS, serial_chunks
 from recsys.embed.train import train_embeddings
 
 RANK_TIMEOUT = dt.timedelta(seconds=300)  # a rank that stops answering fails the others' all-reduce
+# sums of the ranks' updates per epoch: once an epoch, 2 ranks lost 6% of Ta-Feng's warm Recall@20 (each
+# rank trained a whole epoch without the other's updates)
+SUMS_PER_EPOCH = 16
 
 
 class DataParallel:
     """This process's rank: its share of the walk chunks, and the epoch-end sum of the ranks' updates."""
 
-    def __init__(self, rank: int, world_size: int):
+    def __init__(self, rank: int, world_size: int, sums_per_epoch: int = SUMS_PER_EPOCH):
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} outside a world of {world_size}")
-        self.rank, self.world_size = rank, world_size
+        self.rank, self.world_size, self.sums_per_epoch = rank, world_size, int(sums_per_epoch)
         self.base: list[np.ndarray] = []
         self.sums = 0
         self.bytes_per_sum = 0
+
+    def owns(self, key: tuple[int, int, int]) -> bool:
+        return (key[1] + key[2]) % self.world_size == self.rank
+
+    def own_walks(self, n_starts: int, rounds: int) -> int:
+        """Walks this rank trains on per epoch (its chunks' sizes; every rank can work out every share)."""
+        sizes = [min(CHUNK_WALKS, n_starts - lo) for lo in range(0, n_starts, CHUNK_WALKS)]
+        return sum(size for rnd in range(rounds) for c, size in enumerate(sizes) if self.owns((0, rnd, c + 1)))
 
     def own_chunks(self, inner=None):
         """run_chunks over this rank's chunks only (the others' are walked by them)."""
         inner = inner or serial_chunks
 
         def run(arrays, chunks, walk_length):
-            mine = [(starts, key) for starts, key in chunks if (key[1] + key[2]) % self.world_size == self.rank]
+            mine = [(starts, key) for starts, key in chunks if self.owns(key)]
             return inner(arrays, mine, walk_length)
         return run
 
@@ -85,7 +97,7 @@ def _rank(rank: int, world_size: int, port: int, ds, graph, config, run_chunks, 
     try:
         parallel = DataParallel(rank, world_size)
         trained = train_embeddings(ds, graph, config, progress=False, run_chunks=run_chunks, data_parallel=parallel)
-        trained.stats.update(train_processes=world_size, epoch_sums=parallel.sums,
+        trained.stats.update(train_processes=world_size, update_sums=parallel.sums,
                              bytes_per_sum=parallel.bytes_per_sum)
         if rank == 0:
             with open(Path(out) / "rank0.pkl", "wb") as handle:  # between our own processes, not a bundle

@@ -37,7 +37,7 @@ import torch
 from tqdm.auto import tqdm
 
 from recsys.data.dataset import Dataset
-from recsys.data.walks import build_alias_table, iter_walks
+from recsys.data.walks import build_alias_table, iter_walks, walk_start_nodes
 from recsys.embed import sgns_cpu
 from recsys.embed.model import EGES, MODES, ItemFeatures, NoiseSampler, aggregate, item_features
 from recsys.embed.trained import TrainedModel
@@ -172,7 +172,7 @@ def _n_walks(walks_or_graph, config: TrainConfig) -> int:
     return int((np.diff(walks_or_graph.indptr) > 0).sum()) * config.walks_per_node
 
 
-EPOCH_END = None  # between epochs of a data-parallel training: the ranks sum their updates
+SUM_UPDATES = None  # in a data-parallel training's batches: the ranks sum their updates here
 
 
 # --------------------------------------------------------------------------- optimiser
@@ -232,12 +232,25 @@ def train_embeddings(ds: Dataset, walks_or_graph, config: TrainConfig = TrainCon
             raise ValueError("data-parallel training runs the CPU engine on a graph's walks")
         run_chunks, share = data_parallel.own_chunks(run_chunks), data_parallel.world_size
     total_walks = max(1, walks_per_epoch * epochs // share)
+    own_per_epoch = (data_parallel.own_walks(len(walk_start_nodes(walks_or_graph)), config.walks_per_node)
+                     if data_parallel is not None else 0)
 
     def epoch_batches():
         for epoch in range(epochs):
-            yield from _walk_source(walks_or_graph, config, epoch, batch_walks, alias_table, run_chunks)
-            if data_parallel is not None:
-                yield EPOCH_END
+            if data_parallel is None:
+                yield from _walk_source(walks_or_graph, config, epoch, batch_walks, alias_table, run_chunks)
+                continue
+            # every rank sums its updates the same number of times an epoch, at the same shares of its walks
+            done, sums = 0, 0
+            for walks in _walk_source(walks_or_graph, config, epoch, batch_walks, alias_table, run_chunks):
+                yield walks
+                done += len(walks)
+                while sums < data_parallel.sums_per_epoch - 1 and done * data_parallel.sums_per_epoch >= (
+                        sums + 1) * own_per_epoch:
+                    sums += 1
+                    yield SUM_UPDATES
+            for _ in range(data_parallel.sums_per_epoch - sums):
+                yield SUM_UPDATES
     batches = epoch_batches()
     bar = None
     if progress:
@@ -277,8 +290,8 @@ def _run_batches(batches, config: TrainConfig, total_walks: int, bar, step) -> t
     losses: list[float] = []
     n_pairs, walks_done = 0, 0
     for walks in batches:
-        if walks is EPOCH_END:
-            step(EPOCH_END, 0.0, walks_done)
+        if walks is SUM_UPDATES:
+            step(SUM_UPDATES, 0.0, walks_done)
             continue
         loss, pairs = step(walks, _learning_rate(config, walks_done, total_walks), walks_done)
         walks_done += len(walks)
@@ -345,7 +358,7 @@ def _epochs_numba(model: EGES, batches, counts: np.ndarray, config: TrainConfig,
         data_parallel.start(shared)
 
     def step(walks, lr, walks_done):
-        if walks is EPOCH_END:  # the ranks' updates of this epoch, summed, in every rank
+        if walks is SUM_UPDATES:  # the ranks' updates since the last sum, summed, in every rank
             data_parallel.sum_updates(shared)
             return 0.0, 0
         walks = np.ascontiguousarray(walks, dtype=np.int64)
