@@ -144,3 +144,17 @@ def test_a_training_rank_that_dies_ends_the_training_with_a_clear_error(small_sh
     thread.join(120)
     assert not thread.is_alive()
     assert "died" in outcome.get("error", "") or "raised" in outcome.get("error", ""), outcome
+
+
+def test_training_ranks_walk_on_the_dask_cluster(cluster, small_shop):
+    from recsys.data.graph import build_item_graph
+    from recsys.data.sessions import make_baskets
+    from recsys.embed.distributed import train_data_parallel
+    from recsys.embed.train import TrainConfig
+
+    graph = build_item_graph(small_shop, make_baskets(small_shop, 3600))
+    runner = DaskChunkRunner(client=cluster)
+    trained = train_data_parallel(small_shop, graph, TrainConfig(dim=16, epochs=2, num_threads=1), 2,
+                                  run_chunks=runner)
+    # noise pre-pass (4 rounds) on every rank, 2 epochs x 10 rounds shared between them: one chunk a round
+    assert trained.stats["walk_chunks_by_ranks"] == runner.chunks_run == 2 * 4 + 2 * 10

@@ -97,8 +97,11 @@ def _rank(rank: int, world_size: int, port: int, ds, graph, config, run_chunks, 
     try:
         parallel = DataParallel(rank, world_size)
         trained = train_embeddings(ds, graph, config, progress=False, run_chunks=run_chunks, data_parallel=parallel)
+        # walk chunks the ranks ran on a Dask cluster (each rank holds its own copy of the runner)
+        chunks = torch.tensor([getattr(run_chunks, "chunks_run", 0)], dtype=torch.int64)
+        dist.all_reduce(chunks, op=dist.ReduceOp.SUM)
         trained.stats.update(train_processes=world_size, update_sums=parallel.sums,
-                             bytes_per_sum=parallel.bytes_per_sum)
+                             bytes_per_sum=parallel.bytes_per_sum, walk_chunks_by_ranks=int(chunks.item()))
         if rank == 0:
             with open(Path(out) / "rank0.pkl", "wb") as handle:  # between our own processes, not a bundle
                 pickle.dump(trained, handle)
@@ -123,4 +126,7 @@ def train_data_parallel(ds, graph, config, processes: int, run_chunks=None):
             raise RuntimeError(f"data-parallel training failed: rank {exc.error_index} died "
                                f"(exit code {exc.exit_code}); the other ranks were stopped") from None
         with open(Path(out) / "rank0.pkl", "rb") as handle:
-            return pickle.load(handle)
+            trained = pickle.load(handle)
+    if hasattr(run_chunks, "chunks_run"):  # the driver's runner counts the ranks' chunks too
+        run_chunks.chunks_run += trained.stats["walk_chunks_by_ranks"]
+    return trained
