@@ -13,7 +13,7 @@ REPO = Path(__file__).resolve().parent.parent
 def test_compose_services_and_commands():
     compose = yaml.safe_load((REPO / "infra" / "docker-compose.yml").read_text())
     services = compose["services"]
-    assert set(services) == {"postgres", "prefect-server", "worker"}
+    assert set(services) == {"postgres", "prefect-server", "worker", "dask-scheduler", "dask-worker"}
     # Prefect's own metadata database is Postgres, created by the init script
     server_env = services["prefect-server"]["environment"]
     assert server_env["PREFECT_API_DATABASE_CONNECTION_URL"].startswith("postgresql+asyncpg://")
@@ -27,7 +27,13 @@ def test_compose_services_and_commands():
     assert program == "recsys" and command in cli_main.commands
     assert worker["environment"]["PREFECT_API_URL"] == "http://prefect-server:4200/api"
     assert worker["environment"]["RECSYS_DATABASE_URL"].count("postgresql+psycopg2://") == 1
-    assert set(worker["depends_on"]) == {"postgres", "prefect-server"}
+    assert set(worker["depends_on"]) == {"postgres", "prefect-server", "dask-scheduler"}
+    # the scheduled runs walk on the compose file's Dask cluster (recsys/jobs/execution.py)
+    assert worker["environment"]["RECSYS_DASK_ADDRESS"] == "tcp://dask-scheduler:8786"
+    assert services["dask-scheduler"]["command"][:2] == ["dask", "scheduler"]
+    assert services["dask-worker"]["command"][:3] == ["dask", "worker", "tcp://dask-scheduler:8786"]
+    for name in ("dask-scheduler", "dask-worker"):  # the same image: recsys importable in every worker
+        assert services[name]["build"] == worker["build"]
     dockerfile = REPO / worker["build"]["context"].replace("..", ".") / worker["build"]["dockerfile"]
     assert dockerfile.exists()
     for line in dockerfile.read_text().splitlines():
