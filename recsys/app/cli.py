@@ -323,9 +323,9 @@ def train(force, dim, epochs, threads, max_queries, all_rows, min_warm_recall, m
     if deterministic and threads and threads != 1:
         raise UserError(f"--deterministic trains on one thread; drop --threads {threads}.")
     _check_trainable(database_url)  # before importing prefect and torch: a clear answer in a second
-    if dask_workers and dask_address:
-        raise UserError("Give either --dask ADDRESS (an existing Dask scheduler) or --dask-workers N (a local "
-                        "cluster for this run), not both.")
+    from recsys.jobs.execution import Execution
+
+    Execution.resolve(dask_address, dask_workers)  # conflicting options: one paragraph before the flow starts
 
     from flows.train_and_publish import train_and_publish
     from recsys.recommenders.lineup import ROW_NAMES

@@ -34,12 +34,12 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from recsys.data.walks import CHUNK_WALKS, serial_chunks
+from recsys.data.walks import round_chunks, serial_chunks
 from recsys.embed.train import train_embeddings
 
 RANK_TIMEOUT = dt.timedelta(seconds=300)  # a rank that stops answering fails the others' all-reduce
 # sums of the ranks' updates per epoch: once an epoch, 2 ranks lost 6% of Ta-Feng's warm Recall@20 (each
-# rank trained a whole epoch without the other's updates)
+# rank trained a whole epoch without the other's updates); 16 was the one other value tried (Ta-Feng only)
 SUMS_PER_EPOCH = 16
 
 
@@ -59,8 +59,8 @@ class DataParallel:
 
     def own_walks(self, n_starts: int, rounds: int) -> int:
         """Walks this rank trains on per epoch (its chunks' sizes; every rank can work out every share)."""
-        sizes = [min(CHUNK_WALKS, n_starts - lo) for lo in range(0, n_starts, CHUNK_WALKS)]
-        return sum(size for rnd in range(rounds) for c, size in enumerate(sizes) if self.owns((0, rnd, c + 1)))
+        return sum(len(starts) for rnd in range(rounds)
+                   for starts, key in round_chunks(np.arange(n_starts), 0, rnd) if self.owns(key))
 
     def own_chunks(self, inner=None):
         """run_chunks over this rank's chunks only (the others' are walked by them)."""

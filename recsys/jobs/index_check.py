@@ -35,7 +35,8 @@ K = 20
 
 # name -> IndexConfig overrides, smallest first within each scale. Flat: 4-bit fast-scan PQ on the
 # candidate side (dims per code), a PQ query side for warm anchors; IVF (from ivf_min_items on): the same
-# codes behind inverted lists. The query side is where small layouts lose (docs/benchmarks.md).
+# codes behind inverted lists. What loses is the first stage's pool (Ta-Feng) and the IVF probes (1M), not
+# the query side (docs/benchmarks.md, section 6).
 FLAT_LAYOUTS = {  # k_factor: the first stage's pool, k * k_factor, re-scored from the decoded codes
     "fs1+pq16": dict(fast_scan_dims=1, query_factory="PQ16", k_factor=10),
     "fs1+pq16-k25": dict(fast_scan_dims=1, query_factory="PQ16", k_factor=25),
@@ -47,11 +48,10 @@ IVF_LAYOUTS = {  # ivf_min_items=1: IVF lists whatever the size. Probes: at 1M i
     "ivf-fs1+pq16-p128": dict(fast_scan_dims=1, query_factory="PQ16", ivf_min_items=1, nprobe=128, k_factor=25),
     "ivf-fs1+pq32-p128": dict(fast_scan_dims=1, query_factory="PQ32", ivf_min_items=1, nprobe=128, k_factor=25),
 }
-EXTRA_LAYOUTS = {  # measured in bench/index_scale.py, not tried by runs: they lost 5-11% everywhere
+EXTRA_LAYOUTS = {  # measured in bench/index_scale.py, not tried by runs: 200k -6.7% warm, 1M -11% warm
     "fs2+pq16": dict(fast_scan_dims=2, query_factory="PQ16"),
-    "ivf-fs2+pq16": dict(fast_scan_dims=2, query_factory="PQ16", ivf_min_items=1, nprobe=64),
 }
-ALL_LAYOUTS = {n: IndexConfig(**o) for n, o in {**FLAT_LAYOUTS, **IVF_LAYOUTS, **EXTRA_LAYOUTS}.items()}
+NAMED_LAYOUTS = {**FLAT_LAYOUTS, **IVF_LAYOUTS, **EXTRA_LAYOUTS}
 
 
 @dataclass
@@ -61,7 +61,7 @@ class IndexCheckConfig:
     enabled: bool = True  # off: ship PipelineConfig.index as configured, unchecked
     max_loss: float = 0.01  # ship the smallest layout losing at most this share of warm and cold Recall@20
     queries: int = 5000  # validation queries per segment (sampled with the seed)
-    layouts: tuple[str, ...] = ()  # names of FLAT_LAYOUTS / IVF_LAYOUTS to try; () = those of the scale
+    layouts: tuple[str, ...] = ()  # names of NAMED_LAYOUTS to try; () = those of the scale
     seed: int = 0
 
     def validate(self) -> None:
@@ -69,9 +69,9 @@ class IndexCheckConfig:
             raise ValueError(f"IndexCheckConfig.max_loss must be in [0, 1), got {self.max_loss}")
         if int(self.queries) < 1:
             raise ValueError(f"IndexCheckConfig.queries must be >= 1, got {self.queries}")
-        unknown = [n for n in self.layouts if n not in ALL_LAYOUTS]
+        unknown = [n for n in self.layouts if n not in NAMED_LAYOUTS]
         if unknown:
-            raise ValueError(f"IndexCheckConfig.layouts: unknown {unknown}; known {sorted(ALL_LAYOUTS)}")
+            raise ValueError(f"IndexCheckConfig.layouts: unknown {unknown}; known {sorted(NAMED_LAYOUTS)}")
 
 
 def candidate_layouts(n_items: int, base: IndexConfig | None = None, names: tuple[str, ...] = ()) -> dict[str, IndexConfig]:
@@ -81,7 +81,7 @@ def candidate_layouts(n_items: int, base: IndexConfig | None = None, names: tupl
     if base.factory != "auto":
         return {"configured": base}  # a layout the user set: checked, not replaced
     if names:
-        chosen = {n: {**FLAT_LAYOUTS, **IVF_LAYOUTS, **EXTRA_LAYOUTS}[n] for n in names}
+        chosen = {n: NAMED_LAYOUTS[n] for n in names}
     elif n_items < base.pq_min_items:
         return {"small": base}  # too few vectors to train PQ: the small factory (SQ8) on both sides
     else:

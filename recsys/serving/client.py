@@ -394,12 +394,9 @@ class Client:
         snap = self._snapshot
         queries = [_item_query(snap, item_id) for item_id in item_ids]
         k, checked = _check_k(k), _filters(filters)
-        scores, rows = _search(snap, queries, k, checked)
         if as_arrays:
-            return _arrays(snap, queries, scores, rows, k)
-        scores_list, rows_list = scores.tolist(), rows.tolist()
-        return [_finish(snap, _neighbors(snap, q, scores_list[j], rows_list[j], k), k, checked)
-                for j, q in enumerate(queries)]
+            return _arrays(snap, queries, *_search(snap, queries, k, checked), k)
+        return [_finish(snap, result, k, checked) for result in _run(snap, queries, k, checked)]
 
     def similar_to_new_item(self, category: str | None = None, brand: str | None = None, price: float | None = None,
                             k: int = 10, *, exclude: Sequence[str] = (), in_stock_only: bool = False,

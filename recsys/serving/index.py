@@ -68,8 +68,9 @@ class IndexConfig:
     factory: str = "auto"
     fast_scan_dims: int = 1  # "auto": dimensions per 4-bit code of the candidate side (1: 4 bits a dimension)
     query_factory: str | None = "auto"  # codec of the query side ("auto": PQ, 4 dims a byte); None = float16
-    # "auto" puts IVF lists in front from this many items on: flat fast-scan over 850k items took 1-2 ms a
-    # query, IVF1024 with 64 probes 0.2 ms (docs/benchmarks.md)
+    # "auto" puts IVF lists in front from this many items on: flat fast-scan over the 1M shop's 633k candidates
+    # took p99 1.0 ms a query and 564 ms a batch of 1,000 (2 dims a code), IVF1024 with 64 probes p99 0.76 ms
+    # and 150 ms (1 dim a code); at 200k flat was still p99 0.61 ms (docs/benchmarks.md, section 6)
     ivf_min_items: int = 500_000
     nlist: int = 0  # IVF lists of "auto" (0: about sqrt(n_items), a power of two)
     # "auto" uses small_factory below this many items: FAISS wants >= 39 training vectors per PQ centroid,
@@ -235,34 +236,21 @@ def _build_codec(factory: str, small_factory: str, vectors: np.ndarray, sample: 
 
 
 def _index_bytes(index: faiss.Index) -> int:
-    """Bytes of the index as written (without the in-memory direct map decoding may have added)."""
     if isinstance(index, ShardedCodes):
         return index.serialized_bytes()
-    ivf = _ivf(index)
-    if ivf is not None and ivf.direct_map.type != faiss.DirectMap.NoMap:
-        index = faiss.clone_index(index)
-        _ivf(index).set_direct_map_type(faiss.DirectMap.NoMap)
     return int(faiss.serialize_index(index).size)
 
 
 def _decode(index: faiss.Index, ids: np.ndarray) -> np.ndarray:
     """Decoded vectors of the given rows (IVF indexes: every row decoded from the lists, then taken; the
-    SimilarityIndex keeps IVF tables decoded, so this runs once)."""
+    SimilarityIndex keeps IVF tables decoded, so this runs once). No direct map is ever built, so none is
+    written or counted in the index's bytes."""
     ids = np.ascontiguousarray(ids, dtype=np.int64)
     if isinstance(index, ShardedCodes):
         return index.reconstruct_batch(ids)
     if _ivf(index) is not None:
         return decode_ivf(index)[ids]
     return index.reconstruct_batch(ids)
-
-
-def _write_index(index: faiss.Index, path: Path) -> None:
-    """faiss.write_index without the in-memory direct map (it would add 8 bytes per item)."""
-    ivf = _ivf(index)
-    if ivf is not None and ivf.direct_map.type != faiss.DirectMap.NoMap:
-        index = faiss.clone_index(index)
-        _ivf(index).set_direct_map_type(faiss.DirectMap.NoMap)
-    faiss.write_index(index, str(path))
 
 
 def _decoded_candidates(candidates, rerank, positions: np.ndarray, prior_exact, dim: int) -> np.ndarray:
@@ -374,6 +362,7 @@ class SimilarityIndex:
 
         # query side: constant columns are kept as numbers, the rest coded (or shared with the candidates)
         query_codec, query_half, query_kind, query_factory_used, query_map = None, None, "none", None, None
+        decoded = None  # the decoded candidates, when the residual query side needs them
         body = [c for c in range(dim) if c not in constants]
         prior_exact = None
         if prior and config.factory == "auto" and factory_used != config.small_factory:
@@ -401,7 +390,7 @@ class SimilarityIndex:
                     predictors = _predictors(decoded, query_basis)
                     query_map = np.linalg.lstsq(predictors[sample], target[sample], rcond=None)[0].astype(np.float32)
                     target = np.ascontiguousarray(target - predictors @ query_map)
-                    del decoded, predictors
+                    del predictors
                 query_codec, _, query_factory_used = _build_codec(qf, config.small_factory, target, sample)
         meta = {"format_version": INDEX_FORMAT_VERSION, "metric": "inner_product", "config": dataclasses.asdict(config),
                 "n_items": n, "dim": dim, "padded_dim": width, "positions": [int(p) for p in positions],
@@ -415,6 +404,8 @@ class SimilarityIndex:
         meta["shard_bounds"] = ([int(b) for b in candidates.bounds] if isinstance(candidates, ShardedCodes)
                                 else None)
         index = cls(candidates, rerank, query_codec, query_half, meta, prior_exact, query_map)
+        if decoded is not None and index._keeps_whole_table():
+            index._decoded = decoded  # decoded once: what queries re-score from
         stats = {"build_seconds": time.perf_counter() - started, **index.size_breakdown()}
         if config.recall_queries and query is not None:
             pick = rng.choice(n, min(n, config.recall_queries), replace=False)
@@ -487,12 +478,11 @@ class SimilarityIndex:
 
     def candidate_vectors(self, item_indices=None) -> np.ndarray:
         """Decoded candidate vectors (finest stored codes, the exact prior): all items, or the given rows."""
-        if self._decoded is None and self._decode_whole_table():
-            self._decoded = self._all_candidate_vectors()  # one reference assignment: safe under threads
-        if self._decoded is not None:
-            return self._decoded if item_indices is None else self._decoded[self._check_rows(item_indices, "item_indices")]
+        table = self._whole_table()
+        if table is not None:
+            return table if item_indices is None else table[self._check_rows(item_indices, "item_indices")]
         if item_indices is None:
-            return self._all_candidate_vectors()
+            return _decoded_candidates(self.candidates, self.rerank, self._positions, self.prior_exact, self.dim)
         codec = self.rerank if self.rerank is not None else self.candidates
         rows = self._check_rows(item_indices, "item_indices")
         out = _decode(codec, rows)[:, self._positions]
@@ -500,22 +490,18 @@ class SimilarityIndex:
             out[:, self.dim - 1] = self.prior_exact[rows].astype(np.float32)
         return out
 
-    def _decode_whole_table(self) -> bool:
-        """Keep every candidate decoded in memory: when it fits decoded_cache_bytes, and always for IVF
+    def _whole_table(self) -> np.ndarray | None:
+        """Every candidate decoded, kept in memory: when it fits decoded_cache_bytes, and always for IVF
         codes, which decode only list by list (4 * dim bytes an item: 165 MB at 633k items, dim 65)."""
+        if self._decoded is None and self._keeps_whole_table():
+            # one reference assignment: safe under threads
+            self._decoded = _decoded_candidates(self.candidates, self.rerank, self._positions, self.prior_exact,
+                                                self.dim)
+        return self._decoded
+
+    def _keeps_whole_table(self) -> bool:
         codec = self.rerank if self.rerank is not None else self.candidates
         return self.n_items * self.dim * 4 <= self.config.decoded_cache_bytes or _ivf(codec) is not None
-
-    def _all_candidate_vectors(self) -> np.ndarray:
-        codec = self.rerank if self.rerank is not None else self.candidates
-        out = _decode(codec, np.arange(self.n_items))[:, self._positions]
-        if self.prior_exact is not None:
-            out[:, self.dim - 1] = self.prior_exact.astype(np.float32)
-        return out
-
-    def _rescoring_vectors(self, rows: np.ndarray) -> np.ndarray:
-        """Decoded vectors of the pool (from the whole decoded table when it is kept)."""
-        return self.candidate_vectors(rows)
 
     # -- search ----------------------------------------------------------------------
     def search(self, queries: np.ndarray, k: int, allowed: np.ndarray | None = None,
@@ -651,21 +637,20 @@ class SimilarityIndex:
 
     def _rescore(self, q: np.ndarray, ids: np.ndarray) -> np.ndarray:
         """Scores of the pool from the decoded codes (finer ones when there is a rerank codec)."""
-        if self._decoded is None and self._decode_whole_table():
-            self._decoded = self._all_candidate_vectors()  # one reference assignment: safe under threads
-        if self._decoded is not None:  # the whole table is decoded: gather directly
+        table = self._whole_table()
+        if table is not None:  # the whole table is decoded: gather directly
             # in blocks of queries: one gather of a whole batch (1,000 x 200 rows x 65 floats, 52 MB) spent
             # more time faulting in fresh pages than scoring; a block's buffer is reused by the allocator
             scores = np.empty(ids.shape, np.float32)
             safe = np.maximum(ids, 0)
             for start in range(0, len(q), RESCORE_BLOCK):
                 stop = start + RESCORE_BLOCK
-                scores[start:stop] = np.einsum("qd,qkd->qk", q[start:stop], self._decoded[safe[start:stop]])
+                scores[start:stop] = np.einsum("qd,qkd->qk", q[start:stop], table[safe[start:stop]])
             return np.where(ids >= 0, scores, np.float32(-np.inf))
         rows = np.unique(ids[ids >= 0])
         if len(rows) == 0:
             return np.full(ids.shape, -np.inf, np.float32)
-        decoded = self._rescoring_vectors(rows)
+        decoded = self.candidate_vectors(rows)
         where = np.minimum(np.searchsorted(rows, np.maximum(ids, 0)), len(rows) - 1)
         scores = np.einsum("qd,qkd->qk", q, decoded[where])
         return np.where(ids >= 0, scores, -np.inf).astype(np.float32)
@@ -678,11 +663,11 @@ class SimilarityIndex:
         if isinstance(self.candidates, ShardedCodes):
             self.candidates.save(folder)
         else:
-            _write_index(self.candidates, folder / CANDIDATE_FILE)
+            faiss.write_index(self.candidates, str(folder / CANDIDATE_FILE))
         if self.rerank is not None:
-            _write_index(self.rerank, folder / RERANK_FILE)
+            faiss.write_index(self.rerank, str(folder / RERANK_FILE))
         if self.queries is not None:
-            _write_index(self.queries, folder / QUERY_FILE)
+            faiss.write_index(self.queries, str(folder / QUERY_FILE))
         if self.query_half is not None:
             np.save(folder / HALF_FILE, self.query_half, allow_pickle=False)
         if self.prior_exact is not None:

@@ -123,9 +123,6 @@ class ShardedCodes:
             out[at] = self.shards[s].reconstruct_batch(ids[at] - self.bounds[s])
         return out
 
-    def reconstruct_n(self, start: int, count: int) -> np.ndarray:
-        return self.reconstruct_batch(np.arange(start, start + count, dtype=np.int64))
-
     # -- files -------------------------------------------------------------------------
     @staticmethod
     def file_name(i: int) -> str:
@@ -133,10 +130,6 @@ class ShardedCodes:
 
     def save(self, folder: Path) -> None:
         for i, shard in enumerate(self.shards):
-            ivf = _ivf(shard)
-            if ivf is not None and ivf.direct_map.type != faiss.DirectMap.NoMap:  # not on disk: 8+ bytes an item
-                shard = faiss.clone_index(shard)
-                _ivf(shard).set_direct_map_type(faiss.DirectMap.NoMap)
             faiss.write_index(shard, str(folder / self.file_name(i)))
 
     @classmethod
@@ -144,12 +137,5 @@ class ShardedCodes:
         return cls([faiss.read_index(str(folder / cls.file_name(i))) for i in range(len(bounds) - 1)], bounds)
 
     def serialized_bytes(self) -> int:
-        """Bytes of the shard files as written (without in-memory direct maps)."""
-        total = 0
-        for shard in self.shards:
-            ivf = _ivf(shard)
-            if ivf is not None and ivf.direct_map.type != faiss.DirectMap.NoMap:
-                shard = faiss.clone_index(shard)
-                _ivf(shard).set_direct_map_type(faiss.DirectMap.NoMap)
-            total += int(faiss.serialize_index(shard).size)
-        return total
+        """Bytes of the shard files as written."""
+        return int(sum(faiss.serialize_index(shard).size for shard in self.shards))
