@@ -68,6 +68,18 @@ def extract(database_url: str | None):
 
 
 @task(cache_policy=NO_CACHE)
+def screen(ds, config: pipeline.PipelineConfig):
+    kept, record = pipeline.screen_purchases(ds, config)
+    logger = get_run_logger()
+    if record["excluded_lines"]:
+        logger.warning("left out of training: %s lines of %s accounts (%s); the database keeps them",
+                       record["excluded_lines"], record["excluded_accounts"], json.dumps(record["by_reason"]))
+    else:
+        logger.info("account screen: nothing left out")
+    return kept, record
+
+
+@task(cache_policy=NO_CACHE)
 def evaluate(ds, config: pipeline.PipelineConfig, run_chunks=None, train_processes: int = 1):
     logger = get_run_logger()
     with _data_size_errors(ds):
@@ -163,13 +175,15 @@ def train_and_publish(database_url: str | None = None, config: dict | None = Non
         if existing is not None:
             logger.info("data and config unchanged since version %s: nothing to train", existing)
             return {"version": existing, "promoted": None, "cached": True, "stages": stages}
+        with pipeline.timed(stages, "screen"):
+            ds, accounts = screen(ds, cfg)
         with dask_runner(execution, log=logger.info) as (run_chunks, how):
             how["train_processes"] = int(train_processes)
             with pipeline.timed(stages, "evaluate"):
                 report, chosen_on_split = evaluate(ds, cfg, run_chunks, int(train_processes))
             with pipeline.timed(stages, "train"):
                 rec = train(ds, cfg, chosen_on_split, run_chunks, int(train_processes))
-        metrics = pipeline.shipped_metrics(report)
+        metrics = {**pipeline.shipped_metrics(report), "accounts": accounts}
         with pipeline.timed(stages, "compress+publish"):
             version, index_check = compress_and_publish(rec, ds, cfg, metrics, database_url,
                                                         {"fingerprint": key, "stages": stages}, how)
@@ -179,7 +193,7 @@ def train_and_publish(database_url: str | None = None, config: dict | None = Non
             promoted = promote(version, database_url, gates or {})
     stages["total"] = round(time.perf_counter() - started, 2)
     publish_artifacts(version, metrics, ds, stages, promoted, database_url, gates or {}, how)
-    return {"report": report.to_table(), "version": version, "promoted": promoted, "cached": False, "stages": stages,
+    return {"report": report.to_table(), "version": version, "accounts": accounts, "promoted": promoted, "cached": False, "stages": stages,
             "metrics": {"warm_recall@20": metrics.get("warm", {}).get("recall", {}).get("20"),
                         "cold_recall@20": metrics.get("cold", {}).get("recall", {}).get("20")},
             "index_check": metrics.get("index_check"), "execution": how}

@@ -9,7 +9,7 @@ from recsys.data.sessions import make_baskets
 
 H = 3600
 # No filters, no links: the raw rule under test.
-PLAIN = GraphConfig(link_gap_s=None, max_basket_size=None, user_lines_quantile=None)
+PLAIN = GraphConfig(link_gap_s=None, max_basket_size=None, user_lines_quantile=None, max_user_edge_weight=None)
 
 
 def make_ds(users, items, times, orders=None, n_items=6) -> Dataset:
@@ -112,7 +112,7 @@ def test_giant_baskets_are_skipped_or_subsampled():
 def test_min_edge_weight_drops_light_edges():
     # {0,1,2,3} once (weight 1/2 per pair), {0,1} again (+1)
     ds = make_ds(users=[0] * 6, items=[0, 1, 2, 3, 0, 1], times=[0, 0, 0, 0, 9 * H, 9 * H])
-    g = build(ds, GraphConfig(min_edge_weight=1.0, link_gap_s=None, user_lines_quantile=None))
+    g = build(ds, GraphConfig(min_edge_weight=1.0, link_gap_s=None, user_lines_quantile=None, max_user_edge_weight=None))
     assert g.n_edges == 1 and dense(g)[0, 1] == 1.5
 
 
@@ -188,7 +188,7 @@ def shops(draw):
 def test_graph_is_a_symmetric_csr_and_each_basket_weighs_n_minus_1(ds, rule):
     baskets = make_baskets(ds)
     g = build_item_graph(ds, baskets, GraphConfig(within_basket=rule, link_gap_s=None, max_basket_size=None,
-                                                  user_lines_quantile=None))
+                                                  user_lines_quantile=None, max_user_edge_weight=None))
     assert g.indptr.dtype == np.int64 and g.indices.dtype == np.int32 and g.weights.dtype == np.float32
     m = g.to_scipy()
     assert m.has_sorted_indices and (m != m.T).nnz == 0 and m.diagonal().sum() == 0

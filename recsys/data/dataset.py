@@ -16,6 +16,7 @@ Conventions
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -134,6 +135,28 @@ class Dataset:
                 raise ValueError(f"Dataset.{name} has {len(arr)} entries, expected {m}")
         if m and (self.purchase_item.min() < 0 or self.purchase_item.max() >= n):
             raise ValueError("Dataset.purchase_item refers to items outside the catalogue")
+
+
+def subset_purchases(ds: Dataset, mask: np.ndarray) -> Dataset:
+    """Same catalogue, only the purchase lines where `mask` (order kept)."""
+    mask = np.asarray(mask, dtype=bool)
+    if mask.shape != (ds.n_purchases,):
+        raise ValueError(f"mask has shape {mask.shape}, expected ({ds.n_purchases},)")
+    times = ds.purchase_time[mask]
+    return dataclasses.replace(
+        ds,
+        purchase_user=ds.purchase_user[mask],
+        purchase_item=ds.purchase_item[mask],
+        purchase_time=times,
+        purchase_order=ds.purchase_order[mask],
+        purchase_quantity=ds.purchase_quantity[mask],
+        watermark=Watermark(
+            max_purchased_at=int(times.max()) if len(times) else None,
+            max_item_updated_at=ds.watermark.max_item_updated_at if ds.watermark else None,
+            n_items=ds.n_items,
+            n_purchases=int(mask.sum()),
+        ),
+    )
 
 
 def _epoch_seconds(values) -> np.ndarray:

@@ -25,8 +25,11 @@ item of the earlier basket to every item of the later one, weight
 `link_weight / (|A| |B|)`, i.e. one transition shared out. Order-less lines
 are already one basket up to the session gap, so this only joins orders.
 
-Noise filters (paper: spam users, too long sessions, rare pairs) live in
-`GraphConfig`. Items within a basket are de-duplicated (first occurrence in
+Noise filters (paper: spam users, too long sessions, rare pairs) and the
+defences against fake purchases live in `GraphConfig`: one account adds at
+most `max_user_edge_weight` to an edge however often it buys the pair (an
+edge counts distinct users, not lines), and an edge may require
+`min_edge_users` distinct accounts behind it. Items within a basket are de-duplicated (first occurrence in
 time order) and self-loops dropped. The result is a symmetric CSR matrix.
 """
 from __future__ import annotations
@@ -55,6 +58,8 @@ class GraphConfig:
     max_user_lines: int | None = None  # drop users with more purchase lines than this
     user_lines_quantile: float | None = 0.999  # ... or above this quantile of lines per user
     min_edge_weight: float = 0.0  # drop edges whose total weight is below this
+    max_user_edge_weight: float | None = 1.0  # one account's most weight on one edge; None = no cap
+    min_edge_users: int = 1  # distinct accounts an edge needs
     seed: int = 0  # for subsampling oversized baskets
 
     def validate(self) -> None:
@@ -73,6 +78,10 @@ class GraphConfig:
         q = self.user_lines_quantile
         if q is not None and not 0.0 < q <= 1.0:
             raise ValueError(f"GraphConfig.user_lines_quantile must be in (0, 1] or None, got {q}")
+        if self.max_user_edge_weight is not None and not self.max_user_edge_weight > 0:
+            raise ValueError(f"GraphConfig.max_user_edge_weight must be > 0 or None, got {self.max_user_edge_weight}")
+        if self.min_edge_users < 1:
+            raise ValueError(f"GraphConfig.min_edge_users must be >= 1, got {self.min_edge_users}")
         if self.min_edge_weight < 0:
             raise ValueError(f"GraphConfig.min_edge_weight must be >= 0, got {self.min_edge_weight}")
 
@@ -271,9 +280,10 @@ def build_item_graph(ds: Dataset, baskets: np.ndarray, config: GraphConfig = Gra
     else:
         sequence = timed
 
-    src_parts, dst_parts, w_parts = [], [], []
+    src_parts, dst_parts, w_parts, basket_parts = [], [], [], []
     # Sequence baskets: consecutive rows.
     consecutive = np.flatnonzero((row_basket[1:] == row_basket[:-1]) & sequence[row_basket[1:]])
+    basket_parts.append(row_basket[consecutive])
     src_parts.append(row_item[consecutive])
     dst_parts.append(row_item[consecutive + 1])
     w_parts.append(np.ones(len(consecutive)))
@@ -285,6 +295,7 @@ def build_item_graph(ds: Dataset, baskets: np.ndarray, config: GraphConfig = Gra
         later = (starts[b] + sizes[b]) - clique_rows - 1  # rows after this one in its basket
         a_rows = np.repeat(clique_rows, later)
         b_rows = a_rows + 1 + _ragged_arange(later)
+        basket_parts.append(row_basket[a_rows])
         src_parts.append(row_item[a_rows])
         dst_parts.append(row_item[b_rows])
         w_parts.append(np.repeat(2.0 / sizes[b], later))
@@ -306,10 +317,16 @@ def build_item_graph(ds: Dataset, baskets: np.ndarray, config: GraphConfig = Gra
             pair_link = np.repeat(np.repeat(np.arange(len(prev)), sizes[prev]), fan)
             src_rows = np.repeat(a_rows, fan)
             dst_rows = starts[nxt][pair_link] + _ragged_arange(fan)
+            basket_parts.append(row_basket[src_rows])
             src_parts.append(row_item[src_rows])
             dst_parts.append(row_item[dst_rows])
             w_parts.append(config.link_weight / (sizes[prev][pair_link] * sizes[nxt][pair_link]).astype(np.float64))
 
+    src, dst, weight = np.concatenate(src_parts), np.concatenate(dst_parts), np.concatenate(w_parts)
+    user = index.user[np.concatenate(basket_parts)].astype(np.int64)
+    capped = 0
+    if config.max_user_edge_weight is not None or config.min_edge_users > 1:
+        src, dst, weight, capped = _per_user_edges(src, dst, weight, user, ds.n_items, config)
     info = {
         "lines_used": int(mask.sum()),
         "users_dropped": dropped_users,
@@ -317,6 +334,35 @@ def build_item_graph(ds: Dataset, baskets: np.ndarray, config: GraphConfig = Gra
         "baskets_oversized": oversized,
         "baskets_sequence": int((sequence & (sizes >= 2)).sum()),
         "basket_links": n_links,
+        "user_edges_capped": capped,
     }
-    return ItemGraph.from_edges(ds.n_items, np.concatenate(src_parts), np.concatenate(dst_parts),
-                                np.concatenate(w_parts), min_edge_weight=config.min_edge_weight, info=info)
+    return ItemGraph.from_edges(ds.n_items, src, dst, weight, min_edge_weight=config.min_edge_weight, info=info)
+
+
+def _per_user_edges(src, dst, weight, user, n_items: int, config: GraphConfig):
+    """Each (account, pair)'s weight summed and capped, and pairs with too few accounts dropped.
+
+    Returns the edges (one row per account and pair) and how many (account, pair) sums the cap cut.
+    """
+    keep = src != dst
+    src, dst, weight, user = src[keep], dst[keep], weight[keep], user[keep]
+    key = np.minimum(src, dst).astype(np.int64) * n_items + np.maximum(src, dst)
+    order = np.lexsort((user, key))
+    key, user, weight = key[order], user[order], weight[order]
+    first = np.ones(len(key), bool)
+    first[1:] = (key[1:] != key[:-1]) | (user[1:] != user[:-1])
+    starts = np.flatnonzero(first)
+    summed = np.add.reduceat(weight, starts) if len(starts) else weight[:0]
+    key = key[starts]
+    capped = 0
+    if config.max_user_edge_weight is not None:
+        capped = int((summed > config.max_user_edge_weight).sum())
+        summed = np.minimum(summed, config.max_user_edge_weight)
+    if config.min_edge_users > 1 and len(key):
+        new_pair = np.ones(len(key), bool)
+        new_pair[1:] = key[1:] != key[:-1]
+        pair_id = np.cumsum(new_pair) - 1
+        users_per_pair = np.bincount(pair_id)
+        enough = users_per_pair[pair_id] >= config.min_edge_users
+        key, summed = key[enough], summed[enough]
+    return key // n_items, key % n_items, summed, capped

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from recsys.data.dataset import Dataset, Watermark
+from recsys.data.dataset import Dataset, subset_purchases  # noqa: F401  (re-exported: callers import it from here)
 
 
 @dataclass
@@ -18,28 +18,6 @@ class ChronologicalSplit:
     @property
     def n_test(self) -> int:
         return int(self.test_mask.sum())
-
-
-def subset_purchases(ds: Dataset, mask: np.ndarray) -> Dataset:
-    """Same catalogue, only the purchase lines where `mask` (order kept)."""
-    mask = np.asarray(mask, dtype=bool)
-    if mask.shape != (ds.n_purchases,):
-        raise ValueError(f"mask has shape {mask.shape}, expected ({ds.n_purchases},)")
-    times = ds.purchase_time[mask]
-    return dataclasses.replace(
-        ds,
-        purchase_user=ds.purchase_user[mask],
-        purchase_item=ds.purchase_item[mask],
-        purchase_time=times,
-        purchase_order=ds.purchase_order[mask],
-        purchase_quantity=ds.purchase_quantity[mask],
-        watermark=Watermark(
-            max_purchased_at=int(times.max()) if len(times) else None,
-            max_item_updated_at=ds.watermark.max_item_updated_at if ds.watermark else None,
-            n_items=ds.n_items,
-            n_purchases=int(mask.sum()),
-        ),
-    )
 
 
 def split_chronological(ds: Dataset, test_fraction: float = 0.15) -> ChronologicalSplit:

@@ -23,7 +23,11 @@ worded as the weak heuristic it is:
   comparison poorly: Ta-Feng reads "mostly random" while EGES beats matrix
   factorisation there by about 48 %;
 * density and degree distributions of both sides;
-* the share of cold items (first bought in the evaluation's test period).
+* the share of cold items (first bought in the evaluation's test period);
+* accounts that look injected (recsys/data/accounts.py: items bought mostly
+  by one-off or devoted accounts, bursts of new accounts, duplicated
+  baskets), listed with counts; training leaves them out by default
+  (`accounts` in the pipeline config), nothing is deleted.
 """
 from __future__ import annotations
 
@@ -33,6 +37,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import scipy.sparse as sp
 
+from recsys.data.accounts import AccountConfig, screen_accounts
 from recsys.data.dataset import Dataset
 from recsys.embed.train import TrainConfig
 from recsys.evaluation.protocol import EvalConfig, evaluate, prepare
@@ -56,6 +61,7 @@ class DiagnoseConfig:
     eval_config: EvalConfig = field(default_factory=EvalConfig)
     seed: int = 0
     chunk_rows: int = 128  # sampled nodes per sparse product
+    accounts: AccountConfig = field(default_factory=AccountConfig)  # the rules of the suspicious-account list
 
 
 def latapy_clustering(biadjacency: sp.csr_matrix, nodes: np.ndarray, chunk_rows: int = 128) -> np.ndarray:
@@ -105,6 +111,7 @@ class DiagnoseReport:
     mf_recall_20: float | None = None  # warm Recall@20 of the method comparison (None: not run)
     lightgcn_recall_20: float | None = None
     bge_recall_20: float | None = None
+    suspicious_accounts: dict = field(default_factory=dict)  # AccountScreen.record: what training leaves out
     verdict: str = ""
 
     @property
@@ -179,8 +186,29 @@ class DiagnoseReport:
             methods = ", ".join(f"{name} {recalls[name]:.4f} ({_percent(gain)})" for name, gain in self.gains.items())
             lines.append(f"  warm Recall@20: matrix factorisation {self.mf_recall_20:.4f}, {methods}; "
                          f"a lift over {GRAPH_LIFT_MARGIN:.0%} justifies the graph pipeline")
+        lines += suspicious_lines(self.suspicious_accounts)
         lines.append(f"Verdict: {self.verdict}")
         return "\n".join(lines)
+
+
+def suspicious_lines(record: dict) -> list[str]:
+    """The accounts that look injected, one line per pattern."""
+    if not record:
+        return []
+    if not record.get("excluded_accounts"):
+        return ["  suspicious accounts: none (no item bought mostly by one-off or devoted accounts, "
+                "no burst of new accounts, no duplicated baskets)"]
+    reasons = ", ".join(f"{reason} {n['accounts']} accounts / {n['lines']} lines"
+                        for reason, n in record["by_reason"].items())
+    lines = [f"  suspicious accounts: {record['excluded_accounts']} ({record['excluded_lines']} lines: {reasons}); "
+             "training leaves them out (accounts.exclude_suspicious), the database keeps them"]
+    for f in record.get("findings", []):
+        what = f"item {f['item_id']}" if f.get("item_id") else "basket " + "+".join(f.get("basket_items", []))
+        lines.append(f"    {f['rule']}: {what}: {f['accounts']} accounts, {f['observed']} observed vs "
+                     f"{f['expected']} expected; e.g. {', '.join(f['example_accounts'])}")
+    if record.get("n_findings", 0) > len(record.get("findings", [])):
+        lines.append(f"    ... {record['n_findings'] - len(record['findings'])} more patterns")
+    return lines
 
 
 def _percent(gain: float) -> str:
@@ -253,6 +281,7 @@ def diagnose(ds: Dataset, config: DiagnoseConfig | None = None, recommenders=Non
         never_bought_share=float(1.0 - len(items) / max(1, ds.n_items)),
         cold_item_share=float(prep.cold.sum() / max(1, bought_in_test.sum())),
         cold_line_share=float(prep.cold[test_items].mean()) if len(test_items) else 0.0,
+        suspicious_accounts=screen_accounts(ds, config.accounts, config.eval_config.session_gap_s).record(ds),
     )
     if config.compare_methods:
         if recommenders is None:

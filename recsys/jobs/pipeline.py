@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from recsys.data.accounts import AccountConfig, screen_accounts, without_excluded
 from recsys.data.dataset import Dataset
 from recsys.data.graph import GraphConfig
 from recsys.embed.train import TrainConfig
@@ -46,6 +47,7 @@ class PipelineConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     scoring: ScorerConfig = field(default_factory=ScorerConfig)
     graph: GraphConfig = field(default_factory=GraphConfig)
+    accounts: AccountConfig = field(default_factory=AccountConfig)
     index: IndexConfig = field(default_factory=IndexConfig)
     index_check: IndexCheckConfig = field(default_factory=IndexCheckConfig)
     blend: BlendConfig = field(default_factory=BlendConfig)
@@ -73,7 +75,7 @@ class PipelineConfig:
                 values.setdefault("seed", seed)
             # JSON has lists; the configs hold tuples
             values = {k: tuple(v) if k in ("ks", "beta_grid", "half_lives", "popularity_cuts", "embedding_scales",
-                                                          "features", "layouts") else v
+                                                          "features", "layouts", "exclude_users") else v
                       for k, v in values.items()}
             parts[f.name] = dataclasses.replace(default, **values)
         return cls(**parts, eval_rows=tuple(spec.get("eval_rows") or NIGHTLY_ROWS))
@@ -86,6 +88,15 @@ def fingerprint(ds: Dataset, config: PipelineConfig) -> str:
     """Identifies (data, config): an unchanged pair needs no new training."""
     payload = {"watermark": ds.watermark.as_dict() if ds.watermark else None, "config": config.as_dict()}
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def screen_purchases(ds: Dataset, config: PipelineConfig) -> tuple[Dataset, dict]:
+    """The purchases training uses: without excluded accounts (recsys/data/accounts.py), and the record of why.
+
+    Nothing is deleted anywhere: the run's report and manifest say what was left out.
+    """
+    screen = screen_accounts(ds, config.accounts, config.evaluation.session_gap_s)
+    return without_excluded(ds, screen), screen.record(ds)
 
 
 def evaluation_rows(config: PipelineConfig, run_chunks=None, train_processes: int = 1) -> list:

@@ -50,6 +50,7 @@ def run_report_markdown(*, version: str, metrics: dict, previous: tuple[str, dic
                      f"{_fmt(row['cold_recall@20'])} | "
                      f"{_fmt(row['cold_hitrate@20'])} | {_fmt(row['cold_coverage@20'], 3)} |")
     lines += ["", *index_check_markdown(metrics.get("index_check"), index_gate)]
+    lines += ["", *accounts_markdown(metrics.get("accounts"))]
     lines += ["", "## Against the previous version", ""]
     if previous is None:
         lines.append("No previous production version.")
@@ -100,4 +101,23 @@ def index_check_markdown(check: dict | None, gate: float | None) -> list[str]:
             cells.append(f"{_fmt(seg.get('index'))} / {_fmt(seg.get('exact'))}" if seg else "–")
         lines.append(f"| {entry.get('layout')} | {entry.get('bytes_per_item')} | {cells[0]} | {cells[1]} | "
                      f"{entry.get('loss', 0):.2%} | {entry.get('measured_loss', entry.get('loss', 0)):.2%} |")
+    return lines
+
+
+def accounts_markdown(record: dict | None) -> list[str]:
+    """What training left out of the purchases and why (recsys/data/accounts.py); nothing is deleted."""
+    lines = ["## Accounts left out of training", ""]
+    if not record:
+        return lines + ["Not screened."]
+    if not record.get("excluded_lines"):
+        return lines + ["None: no account matched a rule or `accounts.exclude_users`."]
+    lines += [f"{record['excluded_lines']:,} purchase lines of {record['excluded_accounts']:,} accounts were left out "
+              "(configuration `accounts`; the database keeps them).", "",
+              "| reason | accounts | lines |", "|---|---|---|"]
+    lines += [f"| {reason} | {n['accounts']:,} | {n['lines']:,} |" for reason, n in record["by_reason"].items()]
+    findings = record.get("findings") or []
+    if findings:
+        lines += ["", "| rule | item | accounts | observed / expected | example accounts |", "|---|---|---|---|---|"]
+        lines += [f"| {f['rule']} | {f.get('item_id') or ', '.join(f.get('basket_items', []))} | {f['accounts']} | "
+                  f"{f['observed']} / {f['expected']} | {', '.join(f['example_accounts'])} |" for f in findings]
     return lines

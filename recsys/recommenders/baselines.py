@@ -11,6 +11,7 @@ import numba as nb
 import numpy as np
 import scipy.sparse as sp
 
+from recsys.data.cooccurrence import copurchase_matrix
 from recsys.data.dataset import Dataset
 from recsys.data.sessions import make_baskets
 
@@ -136,17 +137,23 @@ class BoughtTogetherRecommender(_Fitted):
     """Raw basket co-occurrence counts: an estimate of P(b | a) that keeps popularity in.
 
     Cold anchors: the summed counts of the anchor's category's items
-    (category-level co-occurrence).
+    (category-level co-occurrence). `distinct_users` counts accounts instead
+    of baskets (the defence the shipped ranking uses; the contract's row is
+    the raw count).
     """
 
     name = "bought-together counts"
 
-    def __init__(self, session_gap_s: int = 3600):
+    def __init__(self, session_gap_s: int = 3600, distinct_users: bool = False):
         self.session_gap_s = session_gap_s
+        self.distinct_users = distinct_users
 
     def fit(self, train: Dataset) -> None:
         self._train = train
-        self.counts = cooccurrence_counts(basket_item_matrix(train, self.session_gap_s))
+        if self.distinct_users:
+            self.counts = copurchase_matrix(train, self.session_gap_s, None, distinct_users=True).astype(np.float32)
+        else:
+            self.counts = cooccurrence_counts(basket_item_matrix(train, self.session_gap_s))
         self.category_counts = (category_membership(train).T @ self.counts).tocsr()
         self.codes = train.category.codes
 

@@ -74,6 +74,9 @@ class BlendConfig:
     # Recall@20 0.1934 with all six, 0.1949 with these four): off by default
     features: tuple[str, ...] = ("embedding", "popularity", "copurchase", "same_category")
     l2: float = 1e-3  # ridge on the weights of the conditional logit
+    # co-purchase weights count distinct accounts, not baskets (recsys/data/cooccurrence.py): one account
+    # placing many orders cannot make a pair (docs/robustness.md measures what it costs and saves)
+    distinct_users: bool = True
     min_cold_queries: int = 100  # fewer real cold validation queries: fit cold weights on simulated ones
     simulated_cold_queries: int = 3000
 
@@ -266,7 +269,8 @@ class BlendedRecommender:
         candidates = []
         for share in cfg.half_lives:
             days = _half_life_days(share, vtrain)
-            matrix = plain if days is None else copurchase_matrix(vtrain, self.session_gap_s, days)
+            matrix = (plain if days is None and not cfg.distinct_users else
+                      copurchase_matrix(vtrain, self.session_gap_s, days, distinct_users=cfg.distinct_users))
             items, cats = top_partners(matrix, cfg.top_m), category_partners(vtrain, matrix, cfg.top_m)
             warm_seg = _Segment(warm_fn, items, lambda a: a, log_pop, category, log_pop, warm_items,
                                 Blend(pool=cfg.pool), 1)
@@ -330,7 +334,7 @@ class BlendedRecommender:
         self.warm_blend = Blend.from_dict(self.choice["warm"])
         self.cold_blend = Blend.from_dict(self.choice["cold"])
         days = _half_life_days(self.choice["half_life_share"], train)
-        matrix = copurchase_matrix(train, self.session_gap_s, days)
+        matrix = copurchase_matrix(train, self.session_gap_s, days, distinct_users=self.config.distinct_users)
         self.item_partners = top_partners(matrix, self.config.top_m)
         self.category_partners = category_partners(train, matrix, self.config.top_m)
         self.log_pop = log_popularity(train.purchase_item, train.n_items)
