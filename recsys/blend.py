@@ -142,6 +142,32 @@ class CoPurchases:
         np.cumsum(np.bincount(anchors, minlength=self.n_anchors), out=indptr[1:])
         return CoPurchases(indptr, items[order], weight[order], n_candidates)
 
+    def with_added(self, anchors: np.ndarray, partners: np.ndarray, counts: np.ndarray, n_anchors: int,
+                   n_candidates: int, top_m: int) -> "CoPurchases":
+        """The lists with new co-purchases added (weights add up before the log), each cut to its top_m.
+
+        anchors / partners / counts: one entry per new (anchor, partner) pair;
+        n_anchors / n_candidates may grow (a patch's new items). Ties keep the
+        lower partner, as `recsys.data.cooccurrence.top_partners` does.
+        """
+        old_anchor = np.repeat(np.arange(self.n_anchors, dtype=np.int64), np.diff(self.indptr))
+        anchor = np.concatenate([old_anchor, np.asarray(anchors, np.int64)])
+        item = np.concatenate([self.items.astype(np.int64), np.asarray(partners, np.int64)])
+        amount = np.concatenate([np.expm1(self.weight.astype(np.float64)), np.asarray(counts, np.float64)])
+        if len(anchor) and (anchor.max() >= n_anchors or item.max() >= n_candidates or min(anchor.min(), item.min()) < 0):
+            raise ValueError("co-purchases outside the anchors or candidates given")
+        key = anchor * n_candidates + item
+        unique, inverse = np.unique(key, return_inverse=True)
+        total = np.bincount(inverse, weights=amount)
+        anchor, item = unique // n_candidates, unique % n_candidates
+        order = np.lexsort((item, -total, anchor))  # per anchor: heaviest first, then the lower partner
+        starts = np.searchsorted(anchor[order], np.arange(n_anchors))
+        rank = np.arange(len(order)) - starts[anchor[order]]
+        keep = np.sort(order[rank < top_m])  # back in (anchor, partner) order
+        indptr = np.zeros(n_anchors + 1, np.int64)
+        np.cumsum(np.bincount(anchor[keep], minlength=n_anchors), out=indptr[1:])
+        return CoPurchases(indptr, item[keep], np.log1p(total[keep]), n_candidates)
+
     @property
     def nbytes(self) -> int:
         return int(self.indptr.nbytes + self.items.nbytes + self.weight.nbytes)

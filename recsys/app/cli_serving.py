@@ -1,4 +1,4 @@
-"""Serving commands of the `recsys` CLI: similar, versions, promote, rollback, reconcile.
+"""Serving commands of the `recsys` CLI: similar, versions, promote, rollback, refresh, reconcile.
 
 `register(main)` adds them to the click group of recsys.app.cli.
 """
@@ -173,6 +173,32 @@ def register(main: click.Group) -> None:
         before = get_alias(engine, "production")
         target = rollback_alias(engine, "production", reason)
         click.echo(f"production: {before.version if before else '(none)'} -> {target}")
+
+    @main.command()
+    @click.option("--exclude-user", "exclude_users", multiple=True,
+                  help="An account whose purchases are never folded in (repeatable).")
+    @database_option
+    @user_errors
+    def refresh(exclude_users, database_url):
+        """Run the hourly refresh once now: new catalogue items and the purchases since the production
+        version folded into a patch version (no retraining)."""
+        from flows.refresh_new_items import refresh_new_items
+
+        version = refresh_new_items(database_url=database_url, exclude_users=list(exclude_users))
+        if version is None:
+            click.echo("Nothing new since the production version (or no production version yet): nothing published.")
+            return
+        from recsys.serving.registry import get_version
+
+        notes = get_version(engine_for(database_url), version).notes or {}
+        patch, folded = notes.get("patch", {}), notes.get("refresh", {})
+        click.echo(f"production: {version} (patch of {patch.get('parent_version')}): "
+                   f"{patch.get('new_items', 0)} new catalogue items")
+        if folded:
+            click.echo(f"  purchases since the version: {folded.get('lines', 0)} lines by {folded.get('accounts', 0)} "
+                       f"accounts; {folded.get('fresh_items', 0)} items first bought since then folded in "
+                       f"({folded.get('too_few_buyers', 0)} left for fewer than {folded.get('min_buyers')} buyers); "
+                       f"{folded.get('lists_updated', 0)} co-purchase lists updated")
 
     @main.command()
     @click.option("--artifact-root", type=click.Path(file_okay=False),

@@ -145,6 +145,8 @@ class _Snapshot:
         self.pos_of_row_array = pos_of_row
         self.item_id_array = np.asarray(self.item_ids, dtype=np.str_)
         self.n_rows = len(pos_of_row)
+        # rows from here on were folded in by a refresh (recsys/jobs/refresh.py), not trained
+        self.first_folded_row = self.n_rows - int(getattr(parts.indexes["warm"], "meta", {}).get("added_rows", 0))
         self.row_category = items.category[pos_of_row]
         self.row_brand = items.brand[pos_of_row]
         self.row_price = items.price[pos_of_row].astype(np.float64)
@@ -487,7 +489,10 @@ def _item_query(snap: _Snapshot, item_id) -> _Query:
                 "than the version: describe it with similar_to_new_item(category=..., brand=..., price=...) "
                 "(CLI: recsys similar --category C ...), or wait for the next version.")
     row = snap.index_row_list[pos]
-    if row >= 0:
+    if row >= snap.first_folded_row:
+        why = {"query": "vector learned from purchases since the version was trained (refresh)",
+               "query_attention": _side_weights(snap, snap.codes_list[pos])}
+    elif row >= 0:
         why = {"query": "trained item vector", "query_attention": snap.attention_of(pos)}
     else:
         if not snap.can_cold_start:

@@ -417,6 +417,63 @@ class SimilarityIndex:
         index.meta["stats"] = stats
         return index
 
+    def with_items(self, item_matrix: np.ndarray, query_matrix: np.ndarray | None = None,
+                   query_basis: np.ndarray | None = None) -> "SimilarityIndex":
+        """A copy with rows appended (rows n_items.. in order), coded by the same trained quantisers.
+
+        The existing rows' codes are copied unchanged, so every item the index
+        already had keeps its vectors (a patch version's contract).
+        query_matrix: the new rows' query vectors (columns the index stores
+        as constants are taken from the index, not from it); query_basis:
+        their basis rows, for an index whose query side is a residual.
+        """
+        if isinstance(self.candidates, ShardedCodes):
+            raise ValueError("a sharded index takes new items at the next full training, not in a patch")
+        items = _as_matrix(item_matrix, "item_matrix", self.dim)
+        m = len(items)
+        kind = self.meta["query_side"]
+        if kind in ("codes", "float16") and (query_matrix is None or len(query_matrix) != m):
+            raise ValueError(f"this index has a query side: give the {m} new rows' query vectors")
+
+        def copy(index):
+            return faiss.deserialize_index(faiss.serialize_index(index))
+
+        positions, width = self._positions, int(self.meta["padded_dim"])
+        placed = np.ascontiguousarray(_place(items, positions, width))
+        candidates = copy(self.candidates)
+        if self._ivf is not None:
+            candidates.add_with_ids(placed, np.arange(self.n_items, self.n_items + m, dtype=np.int64))
+        else:
+            candidates.add(placed)
+        rerank = None
+        if self.rerank is not None:
+            rerank = copy(self.rerank)
+            rerank.add(placed)
+        prior_exact = (None if self.prior_exact is None else
+                       np.concatenate([self.prior_exact, items[:, self.dim - 1].astype(np.float16)]))
+        meta = json.loads(json.dumps(self.meta))
+        meta["n_items"] = self.n_items + m
+        meta["added_rows"] = int(meta.get("added_rows", 0)) + m
+        extended = SimilarityIndex(candidates, rerank, self.queries, self.query_half, meta, prior_exact,
+                                   self.query_map)
+        body = self.meta["query_columns"]
+        if kind == "float16":
+            query = _as_matrix(query_matrix, "query_matrix", self.dim)
+            extended.query_half = np.concatenate([self.query_half, query[:, body].astype(np.float16)])
+        elif kind == "codes":
+            query = _as_matrix(query_matrix, "query_matrix", self.dim)
+            target = np.ascontiguousarray(query[:, body])
+            if self.query_map is not None:  # the residual over what the new rows' decoded codes predict
+                want = int(self.meta.get("query_basis_dim", 0))
+                if want and (query_basis is None or np.shape(query_basis) != (m, want)):
+                    raise ValueError(f"this index's query side needs basis rows of shape ({m}, {want})")
+                basis = _as_matrix(query_basis, "query_basis") if want else None
+                decoded = extended.candidate_vectors(np.arange(self.n_items, self.n_items + m))
+                target = np.ascontiguousarray(target - _predictors(decoded, basis) @ self.query_map)
+            extended.queries = copy(self.queries)
+            extended.queries.add(target)
+        return extended
+
     # -- sizes ---------------------------------------------------------------------
     def size_breakdown(self) -> dict:
         """Serialized bytes of each part, and the total per item."""

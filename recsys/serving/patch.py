@@ -6,6 +6,7 @@ are not neighbour candidates until the next full training.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import replace
 from typing import Any
 
@@ -75,11 +76,65 @@ def extend_with_new_items(bundle: Bundle, new_items) -> BundleParts | None:
         attention_logits=np.concatenate([old.attention_logits,
                                          np.zeros((len(frame), old.attention_logits.shape[1]), np.float32)]),
         index_row=np.concatenate([old.index_row, np.full(len(frame), -1, np.int32)]))
+    return as_patch(bundle, replace(bundle.parts, items=items), new_items=int(len(frame)))
+
+
+def as_patch(bundle: Bundle, parts: BundleParts, new_items: int = 0) -> BundleParts:
+    """`parts` marked as a patch of `bundle`'s version (kind, parent, notes["patch"])."""
+    if parts.kind == "patch" and parts.parent_version == bundle.version:
+        return parts
     root, _ = parse_version(bundle.version)
-    notes = dict(bundle.parts.notes)
-    notes["patch"] = {"base_version": root, "parent_version": bundle.version, "new_items": int(len(frame)),
-                      "items_before": int(len(old))}
-    return replace(bundle.parts, items=items, kind="patch", parent_version=bundle.version, notes=notes)
+    notes = dict(parts.notes)
+    notes["patch"] = {"base_version": root, "parent_version": bundle.version, "new_items": new_items,
+                      "items_before": int(len(bundle.parts.items))}
+    return replace(parts, kind="patch", parent_version=bundle.version, notes=notes)
+
+
+def with_fresh_items(parts: BundleParts, positions: np.ndarray, candidate_rows: np.ndarray, query_rows: np.ndarray,
+                     basis_rows: np.ndarray | None, log_popularity: np.ndarray, pairs: tuple, top_m: int) -> BundleParts:
+    """Parts whose index and co-purchase lists also hold items first bought since the version.
+
+    positions: item positions of the new candidates (not indexed yet);
+    candidate_rows / query_rows / basis_rows: their index rows (recsys/jobs/refresh.py learns them);
+    log_popularity: their log(1 + purchase lines); pairs: (anchor position, partner position, weight)
+    of the new co-purchases, both directions, added to every list they belong in. Items the version
+    already had keep their codes, rows and attention.
+    """
+    if parts.popularity_weight_on != "query" or set(parts.indexes) != {"warm"}:
+        raise ValueError("purchases fold into bundles of format 3 (one candidate index) only; this version "
+                         "takes them at its next full training")
+    positions = np.asarray(positions, np.int64)
+    items = parts.items
+    if len(positions) and (items.index_row[positions] >= 0).any():
+        raise ValueError("with_fresh_items: some positions are indexed already")
+    n_indexed = int((items.index_row >= 0).sum())
+    index = parts.indexes["warm"].with_items(candidate_rows, query_rows, basis_rows)
+    index_row = items.index_row.copy()
+    index_row[positions] = n_indexed + np.arange(len(positions), dtype=np.int32)
+    n_rows = n_indexed + len(positions)
+    graph = parts.graph
+    if graph is not None:
+        anchor, partner, weight = (np.asarray(x) for x in pairs)
+        row = index_row[partner.astype(np.int64)] if len(partner) else np.zeros(0, np.int64)
+        listed = row >= 0
+        anchor, row, weight = anchor[listed].astype(np.int64), row[listed].astype(np.int64), weight[listed]
+        n_categories = max(len(items.category_values), graph.category_partners.n_anchors)
+        category = items.category.astype(np.int64)[anchor]
+        known = category > 0
+        fresh_category = items.category.astype(np.int64)[positions]
+        graph = dataclasses.replace(
+            graph,
+            item_partners=graph.item_partners.with_added(anchor, row, weight, len(items), n_rows, top_m),
+            category_partners=graph.category_partners.with_added(category[known], row[known], weight[known],
+                                                                 n_categories, n_rows, top_m),
+            category_members=graph.category_members.with_added(
+                fresh_category[fresh_category > 0], index_row[positions][fresh_category > 0],
+                np.expm1(np.asarray(log_popularity, np.float64))[fresh_category > 0],
+                max(n_categories, graph.category_members.n_anchors), n_rows, top_m),
+            log_popularity=np.concatenate([graph.log_popularity, np.asarray(log_popularity, np.float32)]))
+    out = replace(parts, items=replace(items, index_row=index_row), indexes={"warm": index}, graph=graph)
+    out.validate()
+    return out
 
 
 def _extend_vocab(values: list[str], raw: list) -> tuple[list[str], np.ndarray]:

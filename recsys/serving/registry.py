@@ -33,7 +33,7 @@ from recsys.errors import UserError
 from recsys.ingest.extract import read_new_catalogue_items
 from recsys.ingest.migrate import migrate
 from recsys.serving.bundle import BundleCorruptError, BundleParts, open_bundle, read_manifest, verify_bundle, write_bundle
-from recsys.serving.patch import extend_with_new_items
+from recsys.serving.patch import as_patch, extend_with_new_items
 from recsys.serving.store import BundleError, StepCallback, as_store, patch_version_name, version_sort_key
 
 log = logging.getLogger(__name__)
@@ -387,12 +387,14 @@ def publish(engine: Engine, root, parts: BundleParts, version: str | None = None
 
 
 def publish_patch(engine: Engine, root=None, new_items=None, alias: str = "production",
-                  on_step: StepCallback | None = None, index_class=None) -> str | None:
+                  on_step: StepCallback | None = None, index_class=None, fold_in=None) -> str | None:
     """Publish `<version>.pN`: the alias's version plus catalogue items it lacks; None when nothing to do.
 
     new_items: a DataFrame (items load layout); default: the catalogue rows
-    updated after the version's data watermark. The alias moves to the patch
-    only if it still points at the version that was extended.
+    updated after the version's data watermark. fold_in: (bundle, parts) ->
+    (parts or None, record), changes on top (the hourly refresh folds the
+    purchases since the version in: recsys/jobs/refresh.py). The alias
+    moves to the patch only if it still points at the version that was extended.
     """
     base = get_alias(engine, alias)
     if base is None:
@@ -403,14 +405,21 @@ def publish_patch(engine: Engine, root=None, new_items=None, alias: str = "produ
         since = (bundle.parts.watermark or {}).get("max_item_updated_at")
         new_items = read_new_catalogue_items(engine, bundle.parts.model.feature_names, since)
     parts = extend_with_new_items(bundle, new_items)
+    n_new = parts.notes["patch"]["new_items"] if parts is not None else 0
+    reason = f"patch: {n_new} new items"
+    if fold_in is not None:
+        folded, record = fold_in(bundle, parts if parts is not None else bundle.parts)
+        if folded is not None:
+            parts = as_patch(bundle, folded, n_new)
+            reason += (f", {record.get('fresh_items', 0)} first bought since the version folded in from "
+                       f"{record.get('lines', 0)} purchase lines")
     if parts is None:
         return None
     store = as_store(root if root is not None else Path(base.path).parent)
     existing = {v.version for v in list_versions(engine)} | set(store.versions())
     version = patch_version_name(base.version, existing)
-    n_new = parts.notes["patch"]["new_items"]
     try:
-        return publish(engine, store, parts, version, alias=alias, reason=f"patch: {n_new} new items",
+        return publish(engine, store, parts, version, alias=alias, reason=reason,
                        action="patch", on_step=on_step, expected=base.version)
     except AliasMovedError as exc:
         log.warning("patch %s registered but not served: %s", version, exc)
