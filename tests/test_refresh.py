@@ -101,7 +101,8 @@ def published(engine, tmp_path):
     return engine, root, version, ds, cutoff
 
 
-def test_refresh_folds_in_items_first_bought_since_the_version(published, tmp_path):
+def test_refresh_folds_in_items_first_bought_since_the_version(published, tmp_path, cli, prefect_harness,
+                                                              monkeypatch):
     from recsys import Client
     from recsys.ingest.load import load_frames
     from recsys.ingest.loaders.generic import read_frames
@@ -125,8 +126,11 @@ def test_refresh_folds_in_items_first_bought_since_the_version(published, tmp_pa
         tmp_path / "new" / "purchases.csv", index=False)
     load_frames(engine, read_frames(tmp_path / "new" / "items.csv", tmp_path / "new" / "purchases.csv"))
 
-    patch, record = refresh(engine, root)
-    assert patch == f"{version}.p1"
+    monkeypatch.setenv("RECSYS_ARTIFACT_ROOT", str(root))
+    code, out = cli("refresh")  # the hourly flow, once now
+    assert code == 0 and f"production: {version}.p1" in out and "folded in" in out, out
+    patch = f"{version}.p1"
+    record = get_version(engine, patch).notes["refresh"]
     # every item first bought after the cutoff by 2+ accounts is folded in, and nothing else
     after = ds.purchase_time > cutoff
     indexed = set(base.parts.items.item_ids[base.parts.items.index_row >= 0].tolist())
@@ -144,7 +148,6 @@ def test_refresh_folds_in_items_first_bought_since_the_version(published, tmp_pa
     np.testing.assert_array_equal(bundle.parts.indexes["warm"].candidate_vectors(np.arange(n_old)),
                                   base.parts.indexes["warm"].candidate_vectors())
     assert bundle.parts.watermark["max_purchased_at"] > base.parts.watermark["max_purchased_at"]
-    assert bundle.parts.notes["refresh"]["fresh_items"] == record["fresh_items"]
 
     client = Client.from_registry(engine=engine, refresh_interval_s=None)
     assert client.version == patch
@@ -156,3 +159,5 @@ def test_refresh_folds_in_items_first_bought_since_the_version(published, tmp_pa
     assert solo[0].why["query"].startswith("side features")
     assert "SOLO-1" not in [n.item_id for n in client.similar(popular, k=200)]
     assert refresh(engine, root)[0] is None  # nothing new the second time
+    code, out = cli("refresh")
+    assert code == 0 and "Nothing new" in out
