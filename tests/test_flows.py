@@ -110,6 +110,9 @@ def test_flow_creates_report_and_table_artifacts_and_plots(shop, first_run):
     ours = [r for r in report if first_run["version"] in r.data]
     assert len(ours) == 1 and "bought-together counts" in ours[0].data and "warm tail R@20" in ours[0].data
     assert "Compressed index against exact search" in ours[0].data
+    assert "Accounts left out of training" in ours[0].data  # the account screen's record, nothing deleted
+    assert "accounts" in first_run and get_version(shop[0], first_run["version"]).metrics["accounts"] == \
+        first_run["accounts"]
     assert any(first_run["version"] in (t.description or "") for t in table)
     path = get_version(shop[0], first_run["version"]).path
     for plot in ("plots/loss_curve.svg", "plots/attention_weights.svg"):

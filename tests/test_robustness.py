@@ -160,3 +160,22 @@ def test_listed_accounts_are_excluded_and_named():
     assert kept.n_purchases == 2 and set(kept.purchase_user.tolist()) == {0}
     off = screen_accounts(ds, AccountConfig(exclude_suspicious=False))
     assert off.n_excluded_lines == 0
+
+
+def test_diagnose_and_the_run_report_list_the_suspicious_accounts(shop):
+    from recsys.jobs.diagnose import DiagnoseConfig, diagnose
+    from recsys.jobs.report import accounts_markdown
+
+    attack = inject(shop, AttackConfig(shape="burst", share=0.05))
+    report = diagnose(attack.data, DiagnoseConfig(compare_methods=False, clustering_sample=100))
+    record = report.suspicious_accounts
+    assert record["excluded_accounts"] >= len(attack.fake_users) and report.to_dict()["suspicious_accounts"]
+    text = report.to_text()
+    assert "suspicious accounts:" in text and str(attack.data.item_ids[attack.target]) in text
+    assert "fake-burst-000000" in text or "fake-burst-00000" in text
+    markdown = "\n".join(accounts_markdown(record))
+    assert f"{record['excluded_lines']:,} purchase lines of {record['excluded_accounts']:,} accounts" in markdown
+    assert "one-off buyers" in markdown or "burst" in markdown
+    clean = diagnose(shop, DiagnoseConfig(compare_methods=False, clustering_sample=100))
+    assert "suspicious accounts: none" in clean.to_text()
+    assert "None: no account matched" in "\n".join(accounts_markdown(screen_accounts(shop).record(shop)))
