@@ -23,6 +23,10 @@ of the same data makes likely (no fixed rates that hold for one shop only):
 
 Flagged accounts are excluded from training by configuration only; the
 database keeps every line, and each run reports what it left out and why.
+The strongest patterns are acted on first, and no more than
+`max_excluded_share` of the lines are ever left out on suspicion: a shop
+whose real shoppers happen to look like a pattern loses at most that much,
+and the findings beyond it are reported as not acted on.
 """
 from __future__ import annotations
 
@@ -49,6 +53,7 @@ class AccountConfig:
     burst_window_s: int = 86_400
     burst_factor: float = 10.0  # "burst": at least this times the expected new buyers
     min_duplicate_size: int = 5  # smaller identical baskets are common among real shoppers of popular items
+    max_excluded_share: float = 0.02  # at most this share of the lines is left out on suspicion
 
     def validate(self) -> None:
         if self.min_accounts < 2:
@@ -57,6 +62,8 @@ class AccountConfig:
             raise ValueError(f"AccountConfig.min_share must be in (0, 1], got {self.min_share}")
         if self.one_off_baskets < 1:
             raise ValueError(f"AccountConfig.one_off_baskets must be >= 1, got {self.one_off_baskets}")
+        if not 0 <= self.max_excluded_share <= 1:
+            raise ValueError(f"AccountConfig.max_excluded_share must be in [0, 1], got {self.max_excluded_share}")
         if self.burst_window_s <= 0 or self.min_duplicate_size < 2:
             raise ValueError("AccountConfig: burst_window_s must be > 0 and min_duplicate_size >= 2")
 
@@ -77,10 +84,11 @@ class Finding:
 class AccountScreen:
     """What the rules found in a data set, and which lines training leaves out."""
 
-    findings: list[Finding]
+    findings: list[Finding]  # acted on, strongest first
     excluded_users: np.ndarray  # user codes, sorted
     excluded_lines: np.ndarray  # bool per purchase line
     by_reason: dict  # reason -> {"accounts": n, "lines": n}
+    not_acted_on: list[Finding] = field(default_factory=list)  # beyond the max_excluded_share budget
 
     @property
     def n_excluded_lines(self) -> int:
@@ -99,6 +107,8 @@ class AccountScreen:
                           "example_accounts": [str(ds.user_ids[u]) for u in f.accounts[:5]]}
                          for f in self.findings[:max_listed]],
             "n_findings": len(self.findings),
+            "not_acted_on": [{"rule": f.rule, "item_id": None if f.item is None else str(ds.item_ids[f.item]),
+                              "accounts": int(len(f.accounts))} for f in self.not_acted_on[:max_listed]],
         }
 
 
@@ -219,6 +229,7 @@ def screen_accounts(ds: Dataset, config: AccountConfig = AccountConfig(), sessio
     config.validate()
     excluded = np.zeros(ds.n_purchases, bool)
     findings: list[Finding] = []
+    skipped: list[Finding] = []
     by_reason: dict = {}
     if ds.n_purchases == 0:
         return AccountScreen([], np.zeros(0, np.int64), excluded, by_reason)
@@ -235,16 +246,29 @@ def screen_accounts(ds: Dataset, config: AccountConfig = AccountConfig(), sessio
         findings = (_one_off(ds, pu, pi, per_user, config) + _devoted(ds, pu, pi, count, per_user, config)
                     + _burst(ds, pu, pi, config)
                     + _duplicates(ds, b_of, i_of, u_of, per_user, config))
+        # strongest first (z; duplicated baskets by their number of accounts), within the line budget
+        findings.sort(key=lambda f: -float(f.detail.get("z", len(f.accounts))))
+        lines_of = np.bincount(user, minlength=n_users)
+        budget = config.max_excluded_share * ds.n_purchases
+        used = 0.0  # the budget is for suspicion only: listed accounts are always left out
+        acted, skipped = [], []
         for f in findings:
             fresh = f.accounts[reason_of[f.accounts] == ""]
+            cost = float(lines_of[fresh].sum())
+            if used + cost > budget:
+                skipped.append(f)
+                continue
             reason_of[fresh] = f.rule
+            used += cost
+            acted.append(f)
+        findings = acted
     flagged = np.flatnonzero(reason_of != "")
     excluded = reason_of[user] != ""
     line_reason = reason_of[user[excluded]]
     for reason in sorted(set(reason_of[flagged].tolist())):
         by_reason[reason] = {"accounts": int((reason_of[flagged] == reason).sum()),
                              "lines": int((line_reason == reason).sum())}
-    return AccountScreen(findings, flagged, excluded, by_reason)
+    return AccountScreen(findings, flagged, excluded, by_reason, skipped if config.exclude_suspicious else [])
 
 
 def without_excluded(ds: Dataset, screen: AccountScreen) -> Dataset:
