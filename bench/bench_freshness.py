@@ -8,7 +8,8 @@ purchases). Then the test period is replayed day by day: each day's baskets
 query (every item of a basket with 2+ items, its targets the basket's other
 items, Recall@20 = hits / min(targets, 20)) two clients, the version as
 trained and the version refreshed with every earlier test day's purchases
-(recsys/jobs/refresh.py, as `recsys refresh` runs it; Ta-Feng records one
+(recsys/jobs/refresh.py, as `recsys refresh` runs it: each refresh rebuilds
+the patch from the version with everything since; Ta-Feng records one
 timestamp per customer and day, so a day is the finest refresh it allows).
 Reported per day and in total: all queries, and the "fresh" ones, whose
 anchor or a target was first bought after the version was trained; and the
@@ -45,6 +46,7 @@ def main() -> None:
     from recsys.data.sessions import make_baskets
     from recsys.evaluation.split import split_chronological
     from recsys.jobs import pipeline
+    from recsys.embed.fold_in import FoldInConfig
     from recsys.jobs.refresh import RefreshConfig, fold_in_purchases
     from recsys.serving import bundle as B
     from recsys.serving.patch import as_patch
@@ -66,16 +68,20 @@ def main() -> None:
     train_s = time.perf_counter() - started
     log(f"trained the version in {train_s:.0f}s")
     folder = Path(tempfile.mkdtemp(prefix="freshness-"))
-    current = B.open_bundle(B.write_bundle(folder, None, parts))
-    root_version = current.version
-    base = fresh_client = Client.open(current.path)
+    full = B.open_bundle(B.write_bundle(folder, None, parts))
+    root_version = full.version
+    base = fresh_client = lists_client = Client.open(full.path)
+    since_version = np.zeros(ds.n_purchases, bool)
+    # the ablation: co-purchase lists refreshed, no item folded in (so no new vectors)
+    lists_only = RefreshConfig(fold_in=FoldInConfig(min_buyers=2**31 - 1))
     warm = np.bincount(train.purchase_item, minlength=ds.n_items) > 0
     baskets = make_baskets(ds)
     test_lines = np.flatnonzero(split.test_mask)
     day_of = (ds.purchase_time - split.test_starts_at) // DAY
     rng = np.random.default_rng(0)
-    totals = {name: {"queries": 0, "recall": 0.0} for name in
-              ("all_version", "all_refreshed", "fresh_version", "fresh_refreshed")}
+    totals = {f"{segment}_{name}": {"queries": 0, "recall": 0.0}
+              for segment in ("all", "fresh", "fresh_anchor", "fresh_target_only")
+              for name in ("version", "refreshed", "lists_only")}
     refresh_seconds = []
     for day in range(int(day_of[test_lines].max()) + 1):
         lines = test_lines[day_of[test_lines] == day]
@@ -94,10 +100,12 @@ def main() -> None:
             pick = np.sort(rng.choice(len(anchors), args.max_queries_per_day, replace=False))
             anchors, targets = [anchors[i] for i in pick], [targets[i] for i in pick]
         is_fresh = np.array([not warm[a] or not warm[t].all() for a, t in zip(anchors, targets)])
+        segments = {"fresh": is_fresh, "fresh_anchor": np.array([not warm[a] for a in anchors]),
+                    "fresh_target_only": np.array([warm[a] and not warm[t].all() for a, t in zip(anchors, targets)])}
         ids = ds.item_ids[np.asarray(anchors, np.int64)].tolist()
         day_record = {"bench": "freshness", "data": args.data, "day": day, "queries": len(anchors),
                       "fresh_queries": int(is_fresh.sum()), "version": fresh_client.version}
-        for name, client in (("version", base), ("refreshed", fresh_client)):
+        for name, client in (("version", base), ("refreshed", fresh_client), ("lists_only", lists_client)):
             results = client.similar_batch(ids, k=20, as_arrays=True)
             recalls = np.zeros(len(anchors))
             for q, target in enumerate(targets):
@@ -107,17 +115,19 @@ def main() -> None:
             day_record[f"fresh_recall@20_{name}"] = float(recalls[is_fresh].mean()) if is_fresh.any() else None
             totals[f"all_{name}"]["queries"] += len(anchors)
             totals[f"all_{name}"]["recall"] += float(recalls.sum())
-            totals[f"fresh_{name}"]["queries"] += int(is_fresh.sum())
-            totals[f"fresh_{name}"]["recall"] += float(recalls[is_fresh].sum())
+            for segment, member in segments.items():
+                totals[f"{segment}_{name}"]["queries"] += int(member.sum())
+                totals[f"{segment}_{name}"]["recall"] += float(recalls[member].sum())
         # then the day's purchases are folded in (the next day is answered by the refreshed version)
         t0 = time.perf_counter()
-        day_lines = np.zeros(ds.n_purchases, bool)
-        day_lines[lines] = True
-        folded, record = fold_in_purchases(current.parts, subset_purchases(ds, day_lines), RefreshConfig())
+        since_version[lines] = True  # every purchase since the version, as each refresh rebuilds from it
+        folded, record = fold_in_purchases(full.parts, subset_purchases(ds, since_version), RefreshConfig())
         if folded is not None:
-            path = B.write_bundle(folder, f"{root_version}.p{day + 1}", as_patch(current, folded))
-            current = B.open_bundle(path)
+            path = B.write_bundle(folder, f"{root_version}.p{day + 1}", as_patch(full, folded))
             fresh_client = Client.open(path)
+        listed, _ = fold_in_purchases(full.parts, subset_purchases(ds, since_version), lists_only)
+        if listed is not None:
+            lists_client = Client.open(B.write_bundle(folder, f"{root_version}.p{day + 1001}", as_patch(full, listed)))
         refresh_seconds.append(time.perf_counter() - t0)
         day_record.update({"refresh_s": round(refresh_seconds[-1], 2), "folded_items": record.get("fresh_items", 0),
                            "too_few_buyers": record.get("too_few_buyers", 0)})

@@ -161,3 +161,16 @@ def test_refresh_folds_in_items_first_bought_since_the_version(published, tmp_pa
     assert refresh(engine, root)[0] is None  # nothing new the second time
     code, out = cli("refresh")
     assert code == 0 and "Nothing new" in out
+
+    # an hour later a second account buys SOLO-1: the next refresh, rebuilt from the full version with
+    # everything since, counts its two buyers together and folds it in
+    later = when + pd.Timedelta(hours=3)
+    pd.DataFrame([("u-second", item, later, "o-second") for item in ("SOLO-1", popular)],
+                 columns=["user_id", "item_id", "purchased_at", "order_id"]).to_csv(
+        tmp_path / "new" / "later.csv", index=False)
+    load_frames(engine, read_frames(None, tmp_path / "new" / "later.csv"))
+    second, again = refresh(engine, root)
+    assert second == f"{version}.p2" and again["fresh_items"] == record["fresh_items"] + 1
+    items = open_bundle(get_version(engine, second).path).parts.items
+    assert {"SOLO-1", "LAUNCH-1"} <= set(items.item_ids[items.index_row >= 0].tolist())
+    assert client.refresh() and "SOLO-1" in [n.item_id for n in client.similar(popular, k=200)]

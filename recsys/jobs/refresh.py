@@ -2,7 +2,9 @@
 
 A patch version (recsys/serving/patch.py) already makes catalogue items the
 version does not know queryable from their side features. This job adds the
-purchases since the version's data watermark:
+purchases since the full version's data watermark (each refresh rebuilds the
+patch from the full version with everything since, so an item's buyers over
+several hours count together and nothing is added twice):
 
 * items bought for the first time since then, by at least
   `fold_in.min_buyers` distinct accounts, get a query and a candidate
@@ -157,14 +159,20 @@ def purchases_since(engine, parts: BundleParts, settings=None) -> Dataset:
 
 def refresh(engine, root=None, settings=None, config: RefreshConfig = RefreshConfig(), alias: str = "production",
             index_class=None) -> tuple[str | None, dict]:
-    """Publish `<production>.pN` with new catalogue items and the purchases since the version folded in.
+    """Publish `<production>.pN`: its full version with the new catalogue items and every purchase since.
 
-    Returns (the patch version or None when nothing changed, the fold-in record).
+    Returns (the patch version, or None when nothing happened since the production version; the record).
     """
     record: dict = {}
 
-    def fold(bundle, parts):
-        out, found = fold_in_purchases(parts, purchases_since(engine, bundle.parts, settings), config)
+    def fold(full, parts, current):
+        purchases = purchases_since(engine, full.parts, settings)
+        newest = int(purchases.purchase_time.max()) if purchases.n_purchases else None
+        seen = (current.parts.watermark or {}).get("max_purchased_at")
+        if newest is None or (seen is not None and newest <= int(seen)):
+            record.update({"lines": int(purchases.n_purchases), "nothing_since": current.version})
+            return None, record  # the production version has every purchase there is
+        out, found = fold_in_purchases(parts, purchases, config)
         record.update(found)
         return out, found
 

@@ -34,7 +34,8 @@ from recsys.ingest.extract import read_new_catalogue_items
 from recsys.ingest.migrate import migrate
 from recsys.serving.bundle import BundleCorruptError, BundleParts, open_bundle, read_manifest, verify_bundle, write_bundle
 from recsys.serving.patch import as_patch, extend_with_new_items
-from recsys.serving.store import BundleError, StepCallback, as_store, patch_version_name, version_sort_key
+from recsys.serving.store import (BundleError, StepCallback, as_store, parse_version, patch_version_name,
+                                  version_sort_key)
 
 log = logging.getLogger(__name__)
 
@@ -391,30 +392,44 @@ def publish_patch(engine: Engine, root=None, new_items=None, alias: str = "produ
     """Publish `<version>.pN`: the alias's version plus catalogue items it lacks; None when nothing to do.
 
     new_items: a DataFrame (items load layout); default: the catalogue rows
-    updated after the version's data watermark. fold_in: (bundle, parts) ->
-    (parts or None, record), changes on top (the hourly refresh folds the
-    purchases since the version in: recsys/jobs/refresh.py). The alias
-    moves to the patch only if it still points at the version that was extended.
+    updated after the version's data watermark. fold_in: (full version's
+    bundle, its parts with the new catalogue items, the alias's bundle) ->
+    (parts or None, record): the hourly refresh, which folds the purchases
+    since the full version in (recsys/jobs/refresh.py). With it, every patch
+    is rebuilt from the full version the alias's version descends from, with
+    everything since: evidence accumulates (an item's buyers over several
+    hours count together) and nothing is added twice. The alias moves to the
+    patch only if it still points at the version that was extended.
     """
     base = get_alias(engine, alias)
     if base is None:
         log.info("no %s version to patch yet", alias)
         return None
     bundle = open_bundle(base.path, index_class=index_class)
-    if new_items is None:
-        since = (bundle.parts.watermark or {}).get("max_item_updated_at")
-        new_items = read_new_catalogue_items(engine, bundle.parts.model.feature_names, since)
-    parts = extend_with_new_items(bundle, new_items)
-    n_new = parts.notes["patch"]["new_items"] if parts is not None else 0
-    reason = f"patch: {n_new} new items"
+    source = bundle
     if fold_in is not None:
-        folded, record = fold_in(bundle, parts if parts is not None else bundle.parts)
+        full_version, _ = parse_version(base.version)
+        if full_version != base.version:
+            source = open_bundle(get_version(engine, full_version).path, index_class=index_class)
+    if new_items is None:
+        since = (source.parts.watermark or {}).get("max_item_updated_at")
+        new_items = read_new_catalogue_items(engine, source.parts.model.feature_names, since)
+    parts = extend_with_new_items(source, new_items)
+    n_new = parts.notes["patch"]["new_items"] if parts is not None else 0
+    # what the alias's version lacks (a rebuilt patch re-adds what an earlier patch added already)
+    have = set(bundle.parts.items.item_ids.tolist())
+    missing = 0 if parts is None else sum(1 for i in parts.items.item_ids.tolist() if i not in have)
+    reason = f"patch: {n_new} new items"
+    folded = None
+    if fold_in is not None:
+        folded, record = fold_in(source, parts if parts is not None else source.parts, bundle)
         if folded is not None:
-            parts = as_patch(bundle, folded, n_new)
-            reason += (f", {record.get('fresh_items', 0)} first bought since the version folded in from "
+            reason += (f", {record.get('fresh_items', 0)} first bought since {source.version} folded in from "
                        f"{record.get('lines', 0)} purchase lines")
-    if parts is None:
+    if folded is None and missing == 0:
         return None
+    parts = as_patch(source, folded if folded is not None else parts, n_new)
+    parts.notes["patch"]["replaces"] = base.version
     store = as_store(root if root is not None else Path(base.path).parent)
     existing = {v.version for v in list_versions(engine)} | set(store.versions())
     version = patch_version_name(base.version, existing)
