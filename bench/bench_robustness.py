@@ -34,12 +34,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import log, machine  # noqa: E402
 from evaluate_datasets import dataset  # noqa: E402
 
-DEFENCES = {  # name -> (exclude suspicious accounts, distinct-user co-purchases, per-account graph edge cap)
-    "none": (False, False, None),
-    "exclusion": (True, False, None),
-    "distinct users": (False, True, None),
-    "edge cap": (False, False, 1.0),
-    "all": (True, True, 1.0),
+DEFENCES = {  # name -> (exclude suspicious accounts, distinct-user co-purchases, per-account graph edge cap,
+    #                 distinct accounts an edge needs, graph user weighting)
+    "none": (False, False, None, 1, "uniform"),
+    "exclusion": (True, False, None, 1, "uniform"),
+    "distinct users": (False, True, None, 1, "uniform"),
+    "edge cap": (False, False, 1.0, 1, "uniform"),
+    "two users per edge": (False, False, None, 2, "uniform"),
+    "inverse activity": (False, False, None, 1, "inverse_activity"),
+    "all": (True, True, 1.0, 1, "uniform"),  # the defaults
 }
 CLEAN = ("clean", 0.0)
 # (shape, share) -> defences measured; the shipped model's cells (the counts run every defence everywhere)
@@ -61,6 +64,8 @@ def main() -> None:
     parser.add_argument("--max-queries", type=int, default=5000)
     parser.add_argument("--shipped-cells", default="all", choices=("all", "clean"),
                         help="the shipped model's cells: all of SHIPPED_CELLS, or the clean data's only (defence costs)")
+    parser.add_argument("--defences", default=None,
+                        help="comma-separated defences (DEFENCES) instead of each cell's own list")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
@@ -130,7 +135,7 @@ def main() -> None:
             for cell in attacks:
                 for defence in ("none", "exclusion", "distinct users", "all"):
                     started = time.perf_counter()
-                    exclude, distinct, _ = DEFENCES[defence]
+                    exclude, distinct = DEFENCES[defence][:2]
                     data, screen = training_data(cell, exclude)
                     rec = BoughtTogetherRecommender(config.session_gap_s, distinct_users=distinct)
                     rec.fit(data)
@@ -138,17 +143,19 @@ def main() -> None:
         if "shipped" in models:
             bases = {}
             cells = SHIPPED_CELLS if args.shipped_cells == "all" else {CLEAN: SHIPPED_CELLS[CLEAN]}
+            chosen = args.defences.split(",") if args.defences else None
             for cell, defences in cells.items():
-                for defence in defences:
+                for defence in chosen or defences:
                     started = time.perf_counter()
-                    exclude, distinct, cap = DEFENCES[defence]
+                    exclude, distinct, cap, min_users, weighting = DEFENCES[defence]
                     data, screen = training_data(cell, exclude)
                     settings = PipelineConfig.from_dict({
                         "train": {"num_threads": args.threads},
-                        "graph": {"max_user_edge_weight": cap},
+                        "graph": {"max_user_edge_weight": cap, "min_edge_users": min_users,
+                                  "user_weighting": weighting},
                         "blend": {"distinct_users": distinct, "validation_queries": args.max_queries},
                         "evaluation": {"max_queries": args.max_queries, "include_link_prediction": False}})
-                    key = (cell, exclude, cap)
+                    key = (cell, exclude, cap, min_users, weighting)
                     if key not in bases:
                         eges = EGESRecommender(dataclasses.replace(settings.train, mode="eges"), settings.scoring,
                                                name="EGES", graph=settings.graph,

@@ -21,7 +21,9 @@ def attack_tables(records: list[dict]) -> str:
                     "| fake accounts excluded | warm R@20 | vs clean, same defences | cold R@20 | warm cov@20 |",
                     "|---|---|---|---|---|---|---|---|---|---|"]
             for r in rows:
-                base = clean.get(r["defence"], {}).get("warm_recall@20")
+                # on clean data the screen excludes nothing (measured), so "exclusion" is the undefended model there
+                same = clean.get(r["defence"]) or (clean.get("none") if r["defence"] == "exclusion" else None)
+                base = (same or {}).get("warm_recall@20")
                 change = "" if not base or r["attack"] == "clean" else f"{r['warm_recall@20'] / base - 1:+.1%}"
                 screen = r.get("screen") or {}
                 caught = screen.get("fake_accounts_excluded")

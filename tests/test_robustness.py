@@ -94,6 +94,11 @@ def test_one_account_repeating_a_pair_adds_at_most_one_to_the_edge():
     assert two_users[0, 1] == 0 and two_users[0, 2] == 2
     with pytest.raises(ValueError, match="min_edge_users"):
         GraphConfig(min_edge_users=0).validate()
+    # inverse activity: user 0's five baskets weigh 1/log2(6) each, users 1 and 2 (one basket) 1/log2(2) = 1
+    weighted = build_item_graph(ds, make_baskets(ds), GraphConfig(max_user_edge_weight=None,
+                                                                  user_weighting="inverse_activity", **base))
+    assert weighted.to_scipy()[0, 1] == pytest.approx(5 / np.log2(6), rel=1e-6)
+    assert weighted.to_scipy()[0, 2] == pytest.approx(2.0, rel=1e-6)
 
 
 def test_attack_adds_only_fake_lines(shop):

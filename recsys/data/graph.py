@@ -28,8 +28,9 @@ are already one basket up to the session gap, so this only joins orders.
 Noise filters (paper: spam users, too long sessions, rare pairs) and the
 defences against fake purchases live in `GraphConfig`: one account adds at
 most `max_user_edge_weight` to an edge however often it buys the pair (an
-edge counts distinct users, not lines), and an edge may require
-`min_edge_users` distinct accounts behind it. Items within a basket are de-duplicated (first occurrence in
+edge counts distinct users, not lines), an edge may require
+`min_edge_users` distinct accounts behind it, and accounts may weigh by
+inverse activity (`user_weighting`). Items within a basket are de-duplicated (first occurrence in
 time order) and self-loops dropped. The result is a symmetric CSR matrix.
 """
 from __future__ import annotations
@@ -60,6 +61,9 @@ class GraphConfig:
     min_edge_weight: float = 0.0  # drop edges whose total weight is below this
     max_user_edge_weight: float | None = 1.0  # one account's most weight on one edge; None = no cap
     min_edge_users: int = 1  # distinct accounts an edge needs
+    # "inverse_activity": an account's edges weigh 1 / log2(1 + its baskets), so a heavy account's many
+    # orders count for less each (docs/robustness.md measures it; off by default)
+    user_weighting: str = "uniform"
     seed: int = 0  # for subsampling oversized baskets
 
     def validate(self) -> None:
@@ -80,6 +84,9 @@ class GraphConfig:
             raise ValueError(f"GraphConfig.user_lines_quantile must be in (0, 1] or None, got {q}")
         if self.max_user_edge_weight is not None and not self.max_user_edge_weight > 0:
             raise ValueError(f"GraphConfig.max_user_edge_weight must be > 0 or None, got {self.max_user_edge_weight}")
+        if self.user_weighting not in ("uniform", "inverse_activity"):
+            raise ValueError(f"GraphConfig.user_weighting must be 'uniform' or 'inverse_activity', "
+                             f"got {self.user_weighting!r}")
         if self.min_edge_users < 1:
             raise ValueError(f"GraphConfig.min_edge_users must be >= 1, got {self.min_edge_users}")
         if self.min_edge_weight < 0:
@@ -324,6 +331,9 @@ def build_item_graph(ds: Dataset, baskets: np.ndarray, config: GraphConfig = Gra
 
     src, dst, weight = np.concatenate(src_parts), np.concatenate(dst_parts), np.concatenate(w_parts)
     user = index.user[np.concatenate(basket_parts)].astype(np.int64)
+    if config.user_weighting == "inverse_activity" and len(user):
+        baskets_per_user = np.bincount(index.user[nonempty].astype(np.int64), minlength=int(user.max()) + 1)
+        weight = weight / np.log2(1.0 + np.maximum(baskets_per_user[user], 1))
     capped = 0
     if config.max_user_edge_weight is not None or config.min_edge_users > 1:
         src, dst, weight, capped = _per_user_edges(src, dst, weight, user, ds.n_items, config)
