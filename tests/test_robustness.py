@@ -189,10 +189,13 @@ def test_diagnose_and_the_run_report_list_the_suspicious_accounts(shop):
 def test_no_more_than_the_budget_is_left_out_on_suspicion(shop):
     attack = inject(shop, AttackConfig(shape="bandwagon", share=0.05))
     full = screen_accounts(attack.data)
-    tight = screen_accounts(attack.data, AccountConfig(max_excluded_share=0.001))
+    tight = screen_accounts(attack.data, AccountConfig(max_excluded_share=0.001, always_z=1e9))
     assert full.n_excluded_lines > 0.001 * attack.data.n_purchases
     assert tight.n_excluded_lines <= 0.001 * attack.data.n_purchases
     assert tight.not_acted_on and tight.record(attack.data)["not_acted_on"][0]["accounts"] > 0
+    # an overwhelming pattern is acted on whatever the budget
+    assert screen_accounts(attack.data, AccountConfig(max_excluded_share=0.0, always_z=0.0)).n_excluded_lines == \
+        full.n_excluded_lines
     listed = screen_accounts(attack.data, AccountConfig(max_excluded_share=0.0,
                                                                exclude_users=(str(attack.data.user_ids[1]),)))
     assert listed.by_reason == {"listed in exclude_users": {"accounts": 1,

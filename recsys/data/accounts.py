@@ -24,9 +24,11 @@ of the same data makes likely (no fixed rates that hold for one shop only):
 Flagged accounts are excluded from training by configuration only; the
 database keeps every line, and each run reports what it left out and why.
 The strongest patterns are acted on first, and no more than
-`max_excluded_share` of the lines are ever left out on suspicion: a shop
-whose real shoppers happen to look like a pattern loses at most that much,
-and the findings beyond it are reported as not acted on.
+`max_excluded_share` of the lines are left out on suspicion, unless a
+pattern is overwhelming (`always_z` standard deviations: a large attack is
+still a clear one): a shop whose real shoppers happen to look like a
+pattern loses at most that much, and the findings beyond it are reported as
+not acted on.
 """
 from __future__ import annotations
 
@@ -53,7 +55,8 @@ class AccountConfig:
     burst_window_s: int = 86_400
     burst_factor: float = 10.0  # "burst": at least this times the expected new buyers
     min_duplicate_size: int = 5  # smaller identical baskets are common among real shoppers of popular items
-    max_excluded_share: float = 0.02  # at most this share of the lines is left out on suspicion
+    max_excluded_share: float = 0.02  # at most this share of the lines is left out on suspicion ...
+    always_z: float = 30.0  # ... except for patterns this far beyond chance (Ta-Feng with 10% fake users: 70)
 
     def validate(self) -> None:
         if self.min_accounts < 2:
@@ -255,7 +258,7 @@ def screen_accounts(ds: Dataset, config: AccountConfig = AccountConfig(), sessio
         for f in findings:
             fresh = f.accounts[reason_of[f.accounts] == ""]
             cost = float(lines_of[fresh].sum())
-            if used + cost > budget:
+            if used + cost > budget and float(f.detail.get("z", 0.0)) < config.always_z:
                 skipped.append(f)
                 continue
             reason_of[fresh] = f.rule
