@@ -112,16 +112,20 @@ def test_refresh_folds_in_items_first_bought_since_the_version(published, tmp_pa
 
     engine, root, version, ds, cutoff = published
     base = open_bundle(get_version(engine, version).path)
-    # a product launched after the version: bought by 4 accounts with a popular item; another by one account
+    # a product launched after the version: bought by 4 of the shop's accounts with a popular item; another
+    # by one account; a third by 30 accounts that never bought before (held back until the nightly screen)
     popular = ds.item_ids[np.argmax(np.bincount(ds.purchase_item, minlength=ds.n_items))]
+    regulars = np.unique(ds.user_ids[ds.purchase_user[ds.purchase_time <= cutoff]])[:6].tolist()
     when = pd.Timestamp(ds.purchase_time.max() + 3600, unit="s", tz="UTC")
     (tmp_path / "new").mkdir()
     (tmp_path / "new" / "items.csv").write_text("item_id,category,brand,price\nLAUNCH-1,c001,b001,9.5\n"
-                                                "SOLO-1,c001,b001,9.5\n")
-    rows = [(f"u-new-{u}", item, when + pd.Timedelta(minutes=u), f"o-new-{u}")
+                                                "SOLO-1,c001,b001,9.5\nPUSH-1,c001,b001,9.5\n")
+    rows = [(regulars[u], item, when + pd.Timedelta(minutes=u), f"o-new-{u}")
             for u in range(4) for item in ("LAUNCH-1", popular)]
-    rows += [("u-solo", item, when + pd.Timedelta(hours=1, minutes=d), f"o-solo-{d}")
+    rows += [(regulars[4], item, when + pd.Timedelta(hours=1, minutes=d), f"o-solo-{d}")
              for d in range(3) for item in ("SOLO-1", popular)]
+    rows += [(f"fresh-account-{u}", item, when + pd.Timedelta(minutes=u), f"o-push-{u}")
+             for u in range(30) for item in ("PUSH-1", popular)]
     pd.DataFrame(rows, columns=["user_id", "item_id", "purchased_at", "order_id"]).to_csv(
         tmp_path / "new" / "purchases.csv", index=False)
     load_frames(engine, read_frames(tmp_path / "new" / "items.csv", tmp_path / "new" / "purchases.csv"))
@@ -133,6 +137,9 @@ def test_refresh_folds_in_items_first_bought_since_the_version(published, tmp_pa
     record = get_version(engine, patch).notes["refresh"]
     # every item first bought after the cutoff by 2+ accounts is folded in, and nothing else
     after = ds.purchase_time > cutoff
+    known = np.zeros(ds.n_users, bool)
+    known[ds.purchase_user[~after]] = True
+    after &= known[ds.purchase_user]  # only accounts seen before the version count
     indexed = set(base.parts.items.item_ids[base.parts.items.index_row >= 0].tolist())
     buyers = pd.DataFrame({"user": ds.purchase_user[after], "item": ds.item_ids[ds.purchase_item[after]]})
     counts = buyers.drop_duplicates().groupby("item").size()
@@ -142,7 +149,8 @@ def test_refresh_folds_in_items_first_bought_since_the_version(published, tmp_pa
     bundle = open_bundle(get_version(engine, patch).path)
     items = bundle.parts.items
     now_indexed = set(items.item_ids[items.index_row >= 0].tolist())
-    assert now_indexed == indexed | expected and "SOLO-1" not in now_indexed
+    assert now_indexed == indexed | expected and "SOLO-1" not in now_indexed and "PUSH-1" not in now_indexed
+    assert record["lines_of_new_accounts_held_back"] >= 60
     # the version's items keep their vectors exactly
     n_old = len(indexed)
     np.testing.assert_array_equal(bundle.parts.indexes["warm"].candidate_vectors(np.arange(n_old)),
@@ -165,7 +173,7 @@ def test_refresh_folds_in_items_first_bought_since_the_version(published, tmp_pa
     # an hour later a second account buys SOLO-1: the next refresh, rebuilt from the full version with
     # everything since, counts its two buyers together and folds it in
     later = when + pd.Timedelta(hours=3)
-    pd.DataFrame([("u-second", item, later, "o-second") for item in ("SOLO-1", popular)],
+    pd.DataFrame([(regulars[5], item, later, "o-second") for item in ("SOLO-1", popular)],
                  columns=["user_id", "item_id", "purchased_at", "order_id"]).to_csv(
         tmp_path / "new" / "later.csv", index=False)
     load_frames(engine, read_frames(None, tmp_path / "new" / "later.csv"))
@@ -174,3 +182,4 @@ def test_refresh_folds_in_items_first_bought_since_the_version(published, tmp_pa
     items = open_bundle(get_version(engine, second).path).parts.items
     assert {"SOLO-1", "LAUNCH-1"} <= set(items.item_ids[items.index_row >= 0].tolist())
     assert client.refresh() and "SOLO-1" in [n.item_id for n in client.similar(popular, k=200)]
+    assert "PUSH-1" not in [n.item_id for n in client.similar(popular, k=200)]

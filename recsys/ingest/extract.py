@@ -190,3 +190,15 @@ def read_new_catalogue_items(engine: Engine, feature_names: list[str], since_epo
                                     f"coalesce(in_stock, true) AS in_stock{extra_sql} FROM {relation}{where}"),
                             {"since": since_epoch_s} if since_epoch_s is not None else {})
         return pd.DataFrame(rows.fetchall(), columns=list(rows.keys()))
+
+
+def accounts_seen_before(engine: Engine, user_ids, epoch_s: float, purchases_relation: str = "purchases") -> set[str]:
+    """The ids among `user_ids` with a purchase before `epoch_s` (sql/known_accounts.sql)."""
+    ids = sorted({str(u) for u in user_ids})
+    if not ids:
+        return set()
+    sql = _query("known_accounts.sql").format(purchases=relation_name(purchases_relation))
+    with engine.connect() as conn:
+        with conn.connection.dbapi_connection.cursor() as cur:
+            cur.execute(sql, {"ids": ids, "before": float(epoch_s)})
+            return {row[0] for row in cur.fetchall()}
