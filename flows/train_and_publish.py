@@ -22,6 +22,7 @@ from recsys.errors import UserError
 from recsys.ingest.db import get_engine, is_transient
 from recsys.ingest.extract import SMALLEST_TRAINABLE, extract_configured
 from recsys.jobs import pipeline
+from recsys.jobs.dask_queries import DaskQueryRunner
 from recsys.jobs.execution import Execution, dask_runner
 from recsys.jobs.report import run_report_markdown, table_rows
 from recsys.serving.registry import GateFailedError, Gates, alias_history, get_version, publish
@@ -80,11 +81,11 @@ def screen(ds, config: pipeline.PipelineConfig):
 
 
 @task(cache_policy=NO_CACHE)
-def evaluate(ds, config: pipeline.PipelineConfig, run_chunks=None, train_processes: int = 1):
+def evaluate(ds, config: pipeline.PipelineConfig, run_chunks=None, train_processes: int = 1, run_ranges=None):
     logger = get_run_logger()
     with _data_size_errors(ds):
         report, chosen = pipeline.run_evaluation(ds, config, log=logger.info, run_chunks=run_chunks,
-                                                 train_processes=train_processes)
+                                                 train_processes=train_processes, run_ranges=run_ranges)
     logger.info("evaluation:\n%s", report.to_table())
     return report, chosen
 
@@ -179,8 +180,12 @@ def train_and_publish(database_url: str | None = None, config: dict | None = Non
             ds, accounts = screen(ds, cfg)
         with dask_runner(execution, log=logger.info) as (run_chunks, how):
             how["train_processes"] = int(train_processes)
+            run_ranges = DaskQueryRunner(run_chunks.client()) if run_chunks is not None else None
             with pipeline.timed(stages, "evaluate"):
-                report, chosen_on_split = evaluate(ds, cfg, run_chunks, int(train_processes))
+                report, chosen_on_split = evaluate(ds, cfg, run_chunks, int(train_processes), run_ranges)
+            if run_ranges is not None:
+                how["query_chunks_on_dask"] = run_ranges.chunks_run
+                how["rows_scored_in_flow"] = run_ranges.not_shipped
             with pipeline.timed(stages, "train"):
                 rec = train(ds, cfg, chosen_on_split, run_chunks, int(train_processes))
         metrics = {**pipeline.shipped_metrics(report), "accounts": accounts}

@@ -198,9 +198,13 @@ def test_a_local_dask_cluster_of_two_workers_walks_for_the_flow(shop, first_run)
     engine, url = shop
     from flows.train_and_publish import train_and_publish
 
-    result = train_and_publish(database_url=url, config=SMALL, force=True, dask_workers=2)
+    # query chunks of about 30 queries, so each row's queries spread over the workers
+    config = {**SMALL, "evaluation": {**SMALL["evaluation"], "chunk_bytes": 30 * 12 * 25_000}}
+    result = train_and_publish(database_url=url, config=config, force=True, dask_workers=2)
     how = result["execution"]
     assert how["task_runner"] == "dask" and how["dask_workers"] == 2 and how["walk_chunks_on_dask"] > 0
+    # the evaluation's query chunks ran there too, every row shipped (the shipped blend included)
+    assert how["query_chunks_on_dask"] > 0 and how["rows_scored_in_flow"] == []
     assert len(how["worker_peak_rss_mb"]) == 2 and all(mb > 0 for mb in how["worker_peak_rss_mb"].values())
     info = get_version(engine, result["version"])
     client = Client.open(info.path)

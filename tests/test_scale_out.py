@@ -158,3 +158,28 @@ def test_training_ranks_walk_on_the_dask_cluster(cluster, small_shop):
                                   run_chunks=runner)
     # noise pre-pass (4 rounds) on every rank, 2 epochs x 10 rounds shared between them: one chunk a round
     assert trained.stats["walk_chunks_by_ranks"] == runner.chunks_run == 2 * 4 + 2 * 10
+
+
+def test_evaluation_queries_scored_on_two_dask_workers_equal_the_single_process_metrics(cluster, small_shop):
+    """Each row's scoring job is scattered once, query chunks run as tasks, their metric sums merge."""
+    from recsys.evaluation.protocol import EvalConfig, evaluate
+    from recsys.jobs.dask_queries import DaskQueryRunner
+    from recsys.jobs.pipeline import PipelineConfig, evaluation_rows
+
+    config = PipelineConfig.from_dict({"eval_rows": ["popularity", "bought-together counts", "EGES", "EGES+PQ"],
+                                       "train": {"dim": 16, "epochs": 1, "walks_per_node": 4, "num_threads": 1},
+                                       "index": {"recall_queries": 0},
+                                       "evaluation": {"max_queries": 600, "include_link_prediction": False,
+                                                      "chunk_bytes": 4 * small_shop.n_items * 3 * 50}})
+    single = evaluate(small_shop, evaluation_rows(config), config.evaluation)
+    runner = DaskQueryRunner(cluster)
+    on_dask = evaluate(small_shop, evaluation_rows(config), config.evaluation, run_ranges=runner)
+    assert runner.chunks_run >= 4 * 2 * 2 and not runner.not_shipped  # 50 queries a chunk, every row shipped
+    for a, b in zip(single.rows, on_dask.rows):
+        for segment in ("warm", "cold"):
+            x, y = getattr(a, segment), getattr(b, segment)
+            assert x.n_queries == y.n_queries
+            for k in x.recall:
+                assert x.recall[k] == pytest.approx(y.recall[k], rel=1e-12)
+                assert x.coverage[k] == y.coverage[k] and x.tail_recall[k] == pytest.approx(y.tail_recall[k])
+            assert x.mrr == pytest.approx(y.mrr, rel=1e-12)

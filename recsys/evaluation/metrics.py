@@ -93,6 +93,18 @@ class _Accumulator:
         self.n_tail = 0
         self.covered = {k: np.zeros(n_columns, dtype=bool) for k in self.ks}
 
+    def merge(self, other: "_Accumulator") -> "_Accumulator":
+        """Add another accumulator's sums (chunks scored elsewhere, e.g. on a Dask worker)."""
+        for k in self.ks:
+            self.recall[k] += other.recall[k]
+            self.hits[k] += other.hits[k]
+            self.tail_recall[k] += other.tail_recall[k]
+            self.covered[k] |= other.covered[k]
+        self.rr += other.rr
+        self.n += other.n
+        self.n_tail += other.n_tail
+        return self
+
     def add_ranked(self, top: np.ndarray, rank: np.ndarray, t_rows: np.ndarray, t_cols: np.ndarray,
                    m: int) -> None:
         """top: [b, >= max(ks)] best columns per row; rank: rank of each row's best target."""
@@ -134,46 +146,88 @@ class _Accumulator:
 
 def score_queries(score_fn: Callable[[np.ndarray], np.ndarray], queries: QuerySet, columns: np.ndarray,
                   n_items: int, ks: Sequence[int], mask_anchor: bool, chunk_bytes: int = 256 << 20,
-                  name: str = "recommender") -> SegmentMetrics:
+                  name: str = "recommender", run_ranges=None) -> SegmentMetrics:
     """Metrics of one recommender on one query set.
 
     `columns`: the candidate (warm) items in tie-break order; the ranking is
     over these columns only, with the anchor itself removed when `mask_anchor`.
     """
     return score_query_variants(score_fn, {name: None}, queries, columns, n_items, ks, mask_anchor,
-                                chunk_bytes, name)[name]
+                                chunk_bytes, name, run_ranges)[name]
+
+
+@dataclass
+class ScoreJob:
+    """Scoring one recommender's queries, runnable on any range of them (here, or on a Dask worker)."""
+
+    score_fn: Callable[[np.ndarray], np.ndarray]
+    variants: dict
+    queries: QuerySet
+    columns: np.ndarray
+    n_items: int
+    ks: tuple
+    mask_anchor: bool
+    chunk_bytes: int
+    name: str
+
+    @property
+    def chunk(self) -> int:
+        return max(1, self.chunk_bytes // max(1, 4 * self.n_items * 3))
+
+    def ranges(self) -> list[tuple[int, int]]:
+        n = self.queries.n_queries
+        return [(lo, min(lo + self.chunk, n)) for lo in range(0, n, self.chunk)]
+
+    def __call__(self, lo: int, hi: int) -> dict[str, "_Accumulator"]:
+        queries, columns = self.queries, self.columns
+        accs = {v: _Accumulator(self.ks, len(columns)) for v in self.variants}
+        col_of_item = np.full(self.n_items, -1, dtype=np.int64)
+        col_of_item[columns] = np.arange(len(columns))
+        for start in range(lo, hi, self.chunk):
+            stop = min(start + self.chunk, hi)
+            anchors = queries.anchors[start:stop]
+            base = np.asarray(self.score_fn(anchors))
+            if base.shape != (stop - start, self.n_items):
+                raise ValueError(f"{self.name} returned scores of shape {base.shape}, "
+                                 f"expected {(stop - start, self.n_items)}")
+            anchor_col = col_of_item[anchors] if self.mask_anchor else np.full(stop - start, -1, np.int64)
+            t_indptr = queries.indptr[start:stop + 1] - queries.indptr[start]
+            t_rows = np.repeat(np.arange(stop - start), np.diff(t_indptr))
+            t_cols = col_of_item[queries.targets[queries.indptr[start]:queries.indptr[stop]]]
+            for variant, transform in self.variants.items():
+                raw = (base if transform is None else np.asarray(transform(base))).astype(np.float32, copy=False)
+                top, rank, nan = rank_rows(raw, columns, anchor_col, t_indptr, t_cols, max(self.ks))
+                if nan:
+                    raise ValueError(f"{variant} returned NaN scores")
+                accs[variant].add_ranked(top, rank, t_rows, t_cols, len(columns))
+        return accs
+
+
+def serial_ranges(job: ScoreJob, ranges: list[tuple[int, int]]):
+    """The default query runner: every range in this process, in order."""
+    for lo, hi in ranges:
+        yield job(lo, hi)
 
 
 def score_query_variants(score_fn: Callable[[np.ndarray], np.ndarray],
                          variants: dict[str, Callable[[np.ndarray], np.ndarray] | None], queries: QuerySet,
                          columns: np.ndarray, n_items: int, ks: Sequence[int], mask_anchor: bool,
-                         chunk_bytes: int = 256 << 20, name: str = "recommender") -> dict[str, SegmentMetrics]:
+                         chunk_bytes: int = 256 << 20, name: str = "recommender",
+                         run_ranges=None) -> dict[str, SegmentMetrics]:
     """`score_queries` for several rankings derived from one score matrix, which is computed once.
 
     variants: name -> a function of the raw (queries, n_items) scores (None =
     the raw scores), e.g. one popularity weight each added to a shared inner
-    product: at 1M items the product is most of the cost.
+    product: at 1M items the product is most of the cost. run_ranges(job,
+    ranges) yields each range's accumulators in order (default: here, one
+    after the other; recsys/jobs/dask_queries.py: as Dask tasks).
     """
     started = time.perf_counter()
-    accs = {v: _Accumulator(ks, len(columns)) for v in variants}
-    col_of_item = np.full(n_items, -1, dtype=np.int64)
-    col_of_item[columns] = np.arange(len(columns))
-    chunk = max(1, chunk_bytes // max(1, 4 * n_items * 3))
-    for lo in range(0, queries.n_queries, chunk):
-        hi = min(lo + chunk, queries.n_queries)
-        anchors = queries.anchors[lo:hi]
-        base = np.asarray(score_fn(anchors))
-        if base.shape != (hi - lo, n_items):
-            raise ValueError(f"{name} returned scores of shape {base.shape}, expected {(hi - lo, n_items)}")
-        anchor_col = col_of_item[anchors] if mask_anchor else np.full(hi - lo, -1, np.int64)
-        t_indptr = queries.indptr[lo:hi + 1] - queries.indptr[lo]
-        t_rows = np.repeat(np.arange(hi - lo), np.diff(t_indptr))
-        t_cols = col_of_item[queries.targets[queries.indptr[lo]:queries.indptr[hi]]]
-        for variant, transform in variants.items():
-            raw = (base if transform is None else np.asarray(transform(base))).astype(np.float32, copy=False)
-            top, rank, nan = rank_rows(raw, columns, anchor_col, t_indptr, t_cols, max(ks))
-            if nan:
-                raise ValueError(f"{variant} returned NaN scores")
-            accs[variant].add_ranked(top, rank, t_rows, t_cols, len(columns))
+    job = ScoreJob(score_fn, dict(variants), queries, np.asarray(columns), int(n_items), tuple(ks), bool(mask_anchor),
+                   int(chunk_bytes), name)
+    accs = {v: _Accumulator(job.ks, len(columns)) for v in variants}
+    for part in (run_ranges or serial_ranges)(job, job.ranges()):
+        for variant, acc in part.items():
+            accs[variant].merge(acc)
     seconds = time.perf_counter() - started
     return {v: acc.result(queries.n_available, seconds) for v, acc in accs.items()}

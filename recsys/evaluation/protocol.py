@@ -109,21 +109,27 @@ def _summary(ds: Dataset, prep: PreparedEvaluation) -> dict:
     }
 
 
-def evaluate_recommender(rec: Recommender, ds: Dataset, prep: PreparedEvaluation, config: EvalConfig) -> RowResult:
+def evaluate_recommender(rec: Recommender, ds: Dataset, prep: PreparedEvaluation, config: EvalConfig,
+                         run_ranges=None) -> RowResult:
+    """Fit `rec` on the training period and score both segments' queries.
+
+    run_ranges: where the query chunks are scored (recsys.evaluation.metrics.score_query_variants;
+    None: in this process).
+    """
     name = getattr(rec, "name", type(rec).__name__)
     started = time.perf_counter()
     with PeakMemory() as memory:
         rec.fit(prep.split.train)
     fit_s = time.perf_counter() - started
     warm = score_queries(rec.score_warm, prep.warm_queries, prep.columns, ds.n_items, config.ks,
-                         mask_anchor=True, chunk_bytes=config.chunk_bytes, name=name)
+                         mask_anchor=True, chunk_bytes=config.chunk_bytes, name=name, run_ranges=run_ranges)
     cold = score_queries(rec.score_cold, prep.cold_queries, prep.columns, ds.n_items, config.ks,
-                         mask_anchor=False, chunk_bytes=config.chunk_bytes, name=name)
+                         mask_anchor=False, chunk_bytes=config.chunk_bytes, name=name, run_ranges=run_ranges)
     return RowResult(name=name, fit_s=fit_s, warm=warm, cold=cold, fit_peak_mb=memory.peak_mb)
 
 
 def evaluate(ds: Dataset, recommenders: Sequence[Recommender], config: EvalConfig | None = None,
-             log: Callable[[str], None] | None = None) -> EvaluationReport:
+             log: Callable[[str], None] | None = None, run_ranges=None) -> EvaluationReport:
     """Run the protocol for each recommender; one row each, in the given order.
 
     The rows a user sees (`recsys evaluate`, the nightly flow) are
@@ -137,7 +143,7 @@ def evaluate(ds: Dataset, recommenders: Sequence[Recommender], config: EvalConfi
     prep = prepare(ds, config)
     report = EvaluationReport(config=config, summary=_summary(ds, prep))
     for rec in recommenders:
-        row = evaluate_recommender(rec, ds, prep, config)
+        row = evaluate_recommender(rec, ds, prep, config, run_ranges)
         if config.include_link_prediction and isinstance(rec, GraphEmbedder):
             lp_started = time.perf_counter()
             row.link_prediction_auc = link_prediction_auc(

@@ -1,10 +1,12 @@
 """How a run executes: on this machine, or with its walk chunks on a Dask cluster (local or existing).
 
 `dask_runner(execution)` yields the `run_chunks` the embedding rows and the
-final training walk with (None: in this process) and, when the run ends, the
-record every published version carries as `execution` in its manifest:
-{"task_runner", "dask_address", "dask_workers", "walk_chunks_on_dask",
-"worker_peak_rss_mb", "train_processes"}. A local cluster
+final training walk with (None: in this process; the flow scores the
+evaluation's query chunks on the same cluster, recsys/jobs/dask_queries.py)
+and, when the run ends, the record every published version carries as
+`execution` in its manifest: {"task_runner", "dask_address", "dask_workers",
+"walk_chunks_on_dask", "query_chunks_on_dask", "worker_peak_rss_mb",
+"train_processes"}. A local cluster
 (`dask_workers=N`) is started for the run and closed after it; an existing
 scheduler (`dask_address`, or RECSYS_DASK_ADDRESS) is only connected to.
 How a version was made does not change what it is: the walks, and so the
@@ -55,7 +57,7 @@ def _peak_rss_mb() -> float:
 def dask_runner(execution: Execution, log=print) -> Iterator[tuple[DaskChunkRunner | None, dict]]:
     """(run_chunks for the walks, the execution record: filled in when the block ends)."""
     record = {"task_runner": "local", "dask_address": None, "dask_workers": 0, "walk_chunks_on_dask": 0,
-              "worker_peak_rss_mb": {}, "train_processes": 1}
+              "query_chunks_on_dask": 0, "worker_peak_rss_mb": {}, "train_processes": 1}
     if not execution.uses_dask:
         yield None, record
         return

@@ -105,13 +105,14 @@ def evaluation_rows(config: PipelineConfig, run_chunks=None, train_processes: in
 
 
 def run_evaluation(ds: Dataset, config: PipelineConfig, log=print, run_chunks=None,
-                   train_processes: int = 1) -> tuple[EvaluationReport, object | None]:
+                   train_processes: int = 1, run_ranges=None) -> tuple[EvaluationReport, object | None]:
     """The offline protocol on `ds`; returns (report, the row whose choices the final training reuses).
 
     That row is the shipped blend when evaluated (its EGES scorers and its blend), else EGES.
+    run_chunks: where walks run; run_ranges: where the query chunks are scored (recsys/jobs/dask_*.py).
     """
     rows = evaluation_rows(config, run_chunks, train_processes)
-    report = evaluate(ds, rows, config.evaluation, log=log)
+    report = evaluate(ds, rows, config.evaluation, log=log, run_ranges=run_ranges)
     by_name = {getattr(r, "name", ""): r for r in rows}
     return report, by_name.get(SHIPPED_ROW) or by_name.get("EGES")
 

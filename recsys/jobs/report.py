@@ -66,8 +66,9 @@ def run_report_markdown(*, version: str, metrics: dict, previous: tuple[str, dic
     if execution:
         lines += ["", "## How it ran", ""]
         if execution.get("task_runner") == "dask":
-            lines.append(f"Walks on Dask ({execution.get('dask_address')}, {execution.get('dask_workers')} workers, "
-                         f"{execution.get('walk_chunks_on_dask')} walk chunks); workers' peak memory (MB): "
+            lines.append(f"Walks and evaluation queries on Dask ({execution.get('dask_address')}, "
+                         f"{execution.get('dask_workers')} workers, {execution.get('walk_chunks_on_dask')} walk chunks, "
+                         f"{execution.get('query_chunks_on_dask', 0)} query chunks); workers' peak memory (MB): "
                          f"{execution.get('worker_peak_rss_mb') or '-'}. Training: "
                          f"{execution.get('train_processes', 1)} process(es).")
         else:
