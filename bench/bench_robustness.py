@@ -64,6 +64,8 @@ def main() -> None:
     parser.add_argument("--max-queries", type=int, default=5000)
     parser.add_argument("--shipped-cells", default="all", choices=("all", "clean"),
                         help="the shipped model's cells: all of SHIPPED_CELLS, or the clean data's only (defence costs)")
+    parser.add_argument("--cells", default=None,
+                        help="only these attack cells, e.g. heavy:0.01,clean:0 (both models)")
     parser.add_argument("--defences", default=None,
                         help="comma-separated defences (DEFENCES) instead of each cell's own list")
     parser.add_argument("--threads", type=int, default=1)
@@ -131,8 +133,15 @@ def main() -> None:
                   "cold_recall@20": cold.recall[20], "screen": screen,
                   "seconds": round(time.perf_counter() - started, 1), **(extra or {})})
 
+        wanted = None
+        if args.cells:
+            wanted = {(c.split(":")[0], float(c.split(":")[1])) for c in args.cells.split(",")}
+
+        def selected(cell) -> bool:
+            return wanted is None or cell in wanted
+
         if "counts" in models:
-            for cell in attacks:
+            for cell in filter(selected, attacks):
                 for defence in ("none", "exclusion", "distinct users", "all"):
                     started = time.perf_counter()
                     exclude, distinct = DEFENCES[defence][:2]
@@ -143,6 +152,7 @@ def main() -> None:
         if "shipped" in models:
             bases = {}
             cells = SHIPPED_CELLS if args.shipped_cells == "all" else {CLEAN: SHIPPED_CELLS[CLEAN]}
+            cells = {cell: defences for cell, defences in cells.items() if selected(cell)}
             chosen = args.defences.split(",") if args.defences else None
             for cell, defences in cells.items():
                 for defence in chosen or defences:

@@ -48,7 +48,7 @@ class AccountConfig:
 
     exclude_suspicious: bool = True  # leave out accounts the rules flag
     exclude_users: tuple[str, ...] = ()  # user ids always left out (e.g. known test or staff accounts)
-    min_accounts: int = 20  # accounts behind a pattern before it counts
+    min_accounts: int = 10  # accounts behind a pattern before it counts (5 flagged no real account on 6 data sets)
     min_share: float = 0.5  # share of the item's buyers behind a pattern
     min_z: float = 8.0  # standard deviations above the expected count
     one_off_baskets: int = 2  # "one-off buyers": accounts with at most this many baskets
