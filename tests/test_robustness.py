@@ -200,3 +200,30 @@ def test_no_more_than_the_budget_is_left_out_on_suspicion(shop):
                                                                exclude_users=(str(attack.data.user_ids[1]),)))
     assert listed.by_reason == {"listed in exclude_users": {"accounts": 1,
                                                             "lines": int((attack.data.purchase_user == 1).sum())}}
+
+
+def test_evaluate_and_train_leave_injected_accounts_out_of_a_real_database(engine, cli, tmp_path):
+    """Fake accounts loaded into Postgres: `recsys evaluate` says what it leaves out; nothing is deleted."""
+    import pandas as pd
+    import sqlalchemy as sa
+
+    from recsys.ingest.load import load_frames
+    from recsys.ingest.loaders.generic import read_frames
+
+    shop = generate_shop(ShopConfig(seed=3, n_items=600, n_users=800, n_categories=10, n_baskets=5000,
+                                    mean_basket_size=4.0))
+    ds = shop.to_dataset()
+    attack = inject(ds, AttackConfig(shape="bandwagon", share=0.05, seed=4))
+    fake = np.flatnonzero(np.isin(attack.data.purchase_user, attack.fake_users))
+    rows = pd.DataFrame({"user_id": attack.data.user_ids[attack.data.purchase_user[fake]],
+                         "item_id": attack.data.item_ids[attack.data.purchase_item[fake]],
+                         "purchased_at": pd.to_datetime(attack.data.purchase_time[fake], unit="s", utc=True),
+                         "order_id": [f"fake-order-{o}" for o in attack.data.purchase_order[fake]]})
+    items_csv, purchases_csv = shop.write_csv(tmp_path / "shop")
+    pd.concat([pd.read_csv(purchases_csv), rows.astype(str)]).to_csv(tmp_path / "attacked.csv", index=False)
+    load_frames(engine, read_frames(items_csv, tmp_path / "attacked.csv"))
+    code, out = cli("evaluate", "--rows", "popularity,bought-together counts", "--max-queries", "300",
+                    "--no-link-prediction")
+    assert code == 0 and "Left out, as training leaves them out" in out and "accounts that look injected" in out
+    with engine.connect() as conn:  # configuration, not deletion: the database keeps every line
+        assert conn.execute(sa.text("SELECT count(*) FROM purchases WHERE user_id LIKE 'fake-%'")).scalar() == len(fake)

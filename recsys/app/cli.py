@@ -238,7 +238,7 @@ def evaluate(test_fraction, session_gap, max_queries, rows, no_link_prediction, 
     Recall/HitRate@10/20/50, MRR and coverage for every baseline and model row.
     """
     from recsys.evaluation.protocol import evaluate as run_evaluation
-    from recsys.jobs.pipeline import PipelineConfig, evaluation_rows
+    from recsys.jobs.pipeline import PipelineConfig, evaluation_rows, screen_purchases
     from recsys.recommenders.lineup import ROW_NAMES
 
     wanted = [r.strip() for r in rows.split(",") if r.strip()] if rows else list(ROW_NAMES)
@@ -251,7 +251,11 @@ def evaluate(test_fraction, session_gap, max_queries, rows, no_link_prediction, 
                        "include_link_prediction": not no_link_prediction}})
     config = pipeline_config.evaluation
     recommenders = evaluation_rows(pipeline_config)  # a row that reuses another's fit brings it along
-    ds = _extract(database_url)
+    ds, screened = screen_purchases(_extract(database_url), pipeline_config)  # what the nightly run trains on
+    if screened["excluded_lines"]:
+        click.echo(f"Left out, as training leaves them out: {screened['excluded_lines']:,} lines of "
+                   f"{screened['excluded_accounts']:,} accounts that look injected ({', '.join(screened['by_reason'])}; "
+                   "`recsys diagnose` lists them).", err=True)
     report = run_evaluation(ds, recommenders, config, log=lambda line: click.echo(line, err=True))
     click.echo(report.to_table())
     if json_out:
