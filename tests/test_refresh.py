@@ -70,7 +70,7 @@ def test_copurchases_with_added_equal_lists_built_from_the_summed_counts():
 
 
 # --------------------------------------------------------------------------- end to end on Postgres
-CONFIG = {"train": {"dim": 16, "walks_per_node": 6, "epochs": 2}, "index_check": {"enabled": False},
+CONFIG = {"train": {"dim": 16, "walks_per_node": 6, "epochs": 2, "num_threads": 1}, "index_check": {"enabled": False},
           "index": {"recall_queries": 0}, "blend": {"validation_queries": 1000},
           "evaluation": {"max_queries": 500}}
 
@@ -114,14 +114,16 @@ def test_refresh_folds_in_items_first_bought_since_the_version(published, tmp_pa
     base = open_bundle(get_version(engine, version).path)
     # a product launched after the version: bought by 4 of the shop's accounts with a popular item; another
     # by one account; a third by 30 accounts that never bought before (held back until the nightly screen)
-    popular = ds.item_ids[np.argmax(np.bincount(ds.purchase_item, minlength=ds.n_items))]
+    counts = np.bincount(ds.purchase_item[ds.purchase_time <= cutoff], minlength=ds.n_items)
+    popular = ds.item_ids[np.argmax(counts)]
+    rare = ds.item_ids[np.flatnonzero(counts == counts[counts > 0].min())[0]]  # a companion with few partners
     regulars = np.unique(ds.user_ids[ds.purchase_user[ds.purchase_time <= cutoff]])[:6].tolist()
     when = pd.Timestamp(ds.purchase_time.max() + 3600, unit="s", tz="UTC")
     (tmp_path / "new").mkdir()
     (tmp_path / "new" / "items.csv").write_text("item_id,category,brand,price\nLAUNCH-1,c001,b001,9.5\n"
                                                 "SOLO-1,c001,b001,9.5\nPUSH-1,c001,b001,9.5\n")
     rows = [(regulars[u], item, when + pd.Timedelta(minutes=u), f"o-new-{u}")
-            for u in range(4) for item in ("LAUNCH-1", popular)]
+            for u in range(4) for item in ("LAUNCH-1", popular, rare)]
     rows += [(regulars[4], item, when + pd.Timedelta(hours=1, minutes=d), f"o-solo-{d}")
              for d in range(3) for item in ("SOLO-1", popular)]
     rows += [(f"fresh-account-{u}", item, when + pd.Timedelta(minutes=u), f"o-push-{u}")
@@ -162,10 +164,14 @@ def test_refresh_folds_in_items_first_bought_since_the_version(published, tmp_pa
     launch = client.similar("LAUNCH-1", k=10)
     assert len(launch) == 10 and "learned from purchases" in launch[0].why["query"]
     assert popular in [n.item_id for n in launch]  # its own evidence: bought with the popular item
-    assert "LAUNCH-1" in [n.item_id for n in client.similar(popular, k=50)]  # returnable as a neighbour
+    # returnable as a neighbour, ranked by its new evidence: first among a rare item's partners now
+    ranked = [n.item_id for n in client.similar(rare, k=20)]
+    assert "LAUNCH-1" in ranked[:10]
+    assert "LAUNCH-1" in [n.item_id for n in client.similar(popular, k=client._snapshot.n_rows)]
     solo = client.similar("SOLO-1", k=5)  # one account: still answered from side features only
     assert solo[0].why["query"].startswith("side features")
-    assert "SOLO-1" not in [n.item_id for n in client.similar(popular, k=200)]
+    everything = client._snapshot.n_rows
+    assert "SOLO-1" not in [n.item_id for n in client.similar(popular, k=everything)]
     assert refresh(engine, root)[0] is None  # nothing new the second time
     code, out = cli("refresh")
     assert code == 0 and "Nothing new" in out
@@ -181,5 +187,7 @@ def test_refresh_folds_in_items_first_bought_since_the_version(published, tmp_pa
     assert second == f"{version}.p2" and again["fresh_items"] == record["fresh_items"] + 1
     items = open_bundle(get_version(engine, second).path).parts.items
     assert {"SOLO-1", "LAUNCH-1"} <= set(items.item_ids[items.index_row >= 0].tolist())
-    assert client.refresh() and "SOLO-1" in [n.item_id for n in client.similar(popular, k=200)]
-    assert "PUSH-1" not in [n.item_id for n in client.similar(popular, k=200)]
+    assert client.refresh()
+    everything = client._snapshot.n_rows
+    assert "SOLO-1" in [n.item_id for n in client.similar(popular, k=everything)]
+    assert "PUSH-1" not in [n.item_id for n in client.similar(popular, k=everything)]
