@@ -411,10 +411,17 @@ def _print_train_result(result: dict) -> None:
     click.echo(f"Published version {result['version']} ({promoted}).")
     if result.get("report"):
         click.echo(result["report"])
+    accounts = result.get("accounts") or {}
+    if accounts.get("excluded_lines"):
+        reasons = ", ".join(f"{reason}: {n['accounts']}" for reason, n in accounts["by_reason"].items())
+        click.echo(f"Left out of training: {accounts['excluded_lines']:,} purchase lines of "
+                   f"{accounts['excluded_accounts']:,} accounts that look injected ({reasons}; "
+                   "`recsys diagnose` lists them, the database keeps them).")
     how = result.get("execution") or {}
     if how.get("task_runner") == "dask":
-        click.echo(f"Walks on Dask: {how['dask_address']}, {how['dask_workers']} workers, "
-                   f"{how['walk_chunks_on_dask']} chunks; workers' peak memory (MB) {how['worker_peak_rss_mb']}.")
+        click.echo(f"On Dask: {how['dask_address']}, {how['dask_workers']} workers, {how['walk_chunks_on_dask']} "
+                   f"walk chunks, {how.get('query_chunks_on_dask', 0)} evaluation query chunks; workers' peak "
+                   f"memory (MB) {how['worker_peak_rss_mb']}.")
     check = result.get("index_check")
     if check:
         click.echo(f"Index: {check['layout']} ({check['factory']} / query {check['query_factory']}), "
