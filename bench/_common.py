@@ -49,9 +49,13 @@ def median(values) -> float:
     return float(statistics.median(values))
 
 
-def emit(record: dict) -> None:
-    """The script's one output line."""
-    print(json.dumps(record, default=_json_default), flush=True)
+def emit(record: dict, out: Path | None = None) -> None:
+    """The script's output line (also appended to `out` when given: scripts that print one line per cell)."""
+    text = json.dumps(record, default=_json_default)
+    print(text, flush=True)
+    if out:
+        with open(out, "a") as handle:
+            handle.write(text + "\n")
 
 
 def _json_default(obj):

@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import log, machine  # noqa: E402
+from _common import emit, log, machine  # noqa: E402
 from evaluate_datasets import dataset  # noqa: E402
 
 DAY = 86_400
@@ -53,12 +53,8 @@ def main() -> None:
     from recsys.serving import bundle as B
     from recsys.serving.patch import as_patch
 
-    def emit(record: dict) -> None:
-        text = json.dumps({**record, **machine()}, default=float)
-        print(text, flush=True)
-        if args.out:
-            with open(args.out, "a") as handle:
-                handle.write(text + "\n")
+    def emit_cell(record: dict) -> None:
+        emit({**record, **machine()}, args.out)
 
     ds = dataset(args.data)
     split = split_chronological(ds)
@@ -135,9 +131,9 @@ def main() -> None:
             lists_client = Client.open(B.write_bundle(folder, f"{root_version}.p{day + 1001}", as_patch(full, listed)))
         day_record.update({"refresh_s": round(refresh_seconds[-1], 2), "folded_items": record.get("fresh_items", 0),
                            "too_few_buyers": record.get("too_few_buyers", 0)})
-        emit(day_record)
+        emit_cell(day_record)
         log(f"day {day}: {json.dumps({k: v for k, v in day_record.items() if k != 'bench'}, default=float)}")
-    emit({"bench": "freshness", "data": args.data, "summary": True, "train_s": round(train_s, 1),
+    emit_cell({"bench": "freshness", "data": args.data, "summary": True, "train_s": round(train_s, 1),
           **{f"recall@20_{name}": t["recall"] / max(t["queries"], 1) for name, t in totals.items()},
           **{f"queries_{name}": t["queries"] for name, t in totals.items()},
           "refresh_s_median": float(np.median(refresh_seconds)), "refresh_s_max": float(np.max(refresh_seconds))})

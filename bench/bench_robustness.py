@@ -25,13 +25,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import log, machine  # noqa: E402
+from _common import emit, log, machine  # noqa: E402
 from evaluate_datasets import dataset  # noqa: E402
 
 DEFENCES = {  # name -> (exclude suspicious accounts, distinct-user co-purchases, per-account graph edge cap,
@@ -83,12 +82,8 @@ def main() -> None:
     from recsys.recommenders.compressed import CompressedRecommender
     from recsys.recommenders.eges import EGESRecommender
 
-    def emit(record: dict) -> None:
-        text = json.dumps({**record, **machine()}, default=float)
-        print(text, flush=True)
-        if args.out:
-            with open(args.out, "a") as handle:
-                handle.write(text + "\n")
+    def emit_cell(record: dict) -> None:
+        emit({**record, **machine()}, args.out)
 
     models = set(args.model.split(","))
     for name in args.data.split(","):
@@ -125,7 +120,7 @@ def main() -> None:
             promo = promotion(rec.score_warm, target, popular, in_pool)
             warm = score(rec, prep, ds, config, warm=True)
             cold = score(rec, prep, ds, config, warm=False)
-            emit({"bench": "robustness", "data": name, "model": model_name, "attack": cell[0], "share": cell[1],
+            emit_cell({"bench": "robustness", "data": name, "model": model_name, "attack": cell[0], "share": cell[1],
                   "fake_accounts": 0 if attack is None else int(len(attack.fake_users)),
                   "fake_lines": 0 if attack is None else attack.n_fake_lines,
                   "target_item": str(ds.item_ids[target]), "defence": defence, **promo,

@@ -147,8 +147,7 @@ class CoPurchases:
         """The lists with new co-purchases added (weights add up before the log), each cut to its top_m.
 
         anchors / partners / counts: one entry per new (anchor, partner) pair;
-        n_anchors / n_candidates may grow (a patch's new items). Ties keep the
-        lower partner, as `recsys.data.cooccurrence.top_partners` does.
+        n_anchors / n_candidates may grow (a patch's new items); the cut is `top`'s.
         """
         old_anchor = np.repeat(np.arange(self.n_anchors, dtype=np.int64), np.diff(self.indptr))
         anchor = np.concatenate([old_anchor, np.asarray(anchors, np.int64)])
@@ -159,14 +158,23 @@ class CoPurchases:
         key = anchor * n_candidates + item
         unique, inverse = np.unique(key, return_inverse=True)
         total = np.bincount(inverse, weights=amount)
-        anchor, item = unique // n_candidates, unique % n_candidates
-        order = np.lexsort((item, -total, anchor))  # per anchor: heaviest first, then the lower partner
+        return CoPurchases.top(unique // n_candidates, unique % n_candidates, total, n_anchors, n_candidates, top_m)
+
+    @classmethod
+    def top(cls, anchor: np.ndarray, item: np.ndarray, weight: np.ndarray, n_anchors: int, n_candidates: int,
+            top_m: int) -> "CoPurchases":
+        """Each anchor's `top_m` heaviest partners (ties: lower partner first), as log(1 + weight) lists.
+
+        anchor / item / weight: one entry per (anchor, partner), sorted by (anchor, partner).
+        """
+        anchor = np.asarray(anchor, np.int64)
+        order = np.lexsort((item, -weight, anchor))  # per anchor: heaviest first, then the lower partner
         starts = np.searchsorted(anchor[order], np.arange(n_anchors))
         rank = np.arange(len(order)) - starts[anchor[order]]
         keep = np.sort(order[rank < top_m])  # back in (anchor, partner) order
         indptr = np.zeros(n_anchors + 1, np.int64)
         np.cumsum(np.bincount(anchor[keep], minlength=n_anchors), out=indptr[1:])
-        return CoPurchases(indptr, item[keep], np.log1p(total[keep]), n_candidates)
+        return cls(indptr, np.asarray(item)[keep], np.log1p(np.asarray(weight, np.float64)[keep]), n_candidates)
 
     @property
     def nbytes(self) -> int:

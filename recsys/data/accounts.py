@@ -76,7 +76,7 @@ class Finding:
     """One pattern: the rule, the item (or basket) behind it, and the accounts that make it."""
 
     rule: str
-    item: int | None  # item position (devoted, burst); None for duplicate baskets
+    item: int | None  # item position; None for duplicate baskets
     accounts: np.ndarray  # user codes
     observed: int
     expected: float
@@ -161,13 +161,12 @@ def _devoted(ds, pu, pi, count, baskets_per_user, config) -> list[Finding]:
     return _item_excess(ds, "devoted", pu, pi, devoted, share_b[b], config)
 
 
-def _burst(ds, pu, pi, config) -> list[Finding]:
-    n_users = len(np.bincount(ds.purchase_user)) if ds.n_purchases else 0
-    first = np.full(n_users, np.iinfo(np.int64).max, np.int64)
-    np.minimum.at(first, ds.purchase_user.astype(np.int64), ds.purchase_time)
+def _burst(ds, pi, config) -> list[Finding]:
+    user = ds.purchase_user.astype(np.int64)
+    first = np.full(int(user.max()) + 1, np.iinfo(np.int64).max, np.int64)
+    np.minimum.at(first, user, ds.purchase_time)
     window = first // config.burst_window_s
     # (account, item) pairs bought in the account's first window
-    user = ds.purchase_user.astype(np.int64)
     in_first = (ds.purchase_time // config.burst_window_s) == window[user]
     pairs = np.unique(user[in_first] * ds.n_items + ds.purchase_item[in_first].astype(np.int64))
     u, i = pairs // ds.n_items, pairs % ds.n_items
@@ -183,8 +182,7 @@ def _burst(ds, pu, pi, config) -> list[Finding]:
     rate = (item_total[ci] - cell_count) / others
     expected = new_per_window[cw] * rate
     z = _poisson_z(cell_count, expected)
-    buyers = np.bincount(ds.purchase_item[np.unique(user * ds.n_items + ds.purchase_item, return_index=True)[1]],
-                         minlength=ds.n_items)
+    buyers = np.bincount(pi, minlength=ds.n_items)  # pi: one entry per (account, item)
     hit = np.flatnonzero((cell_count >= config.min_accounts) & (z >= config.min_z)
                          & (cell_count >= config.burst_factor * np.maximum(expected, 1e-9))
                          & (cell_count >= config.min_share * buyers[ci]))
@@ -237,17 +235,15 @@ def screen_accounts(ds: Dataset, config: AccountConfig = AccountConfig(), sessio
     if ds.n_purchases == 0:
         return AccountScreen([], np.zeros(0, np.int64), excluded, by_reason)
     user = ds.purchase_user.astype(np.int64)
-    n_users = int(user.max()) + 1
+    n_users = max(int(user.max()) + 1, ds.n_users)
     reason_of = np.full(n_users, "", dtype=object)
     if config.exclude_users:
-        listed = set(config.exclude_users)
-        codes = np.flatnonzero([str(u) in listed for u in ds.user_ids[:n_users]])
-        reason_of[codes] = "listed in exclude_users"
+        reason_of[user_codes(ds, config.exclude_users)] = "listed in exclude_users"
     if config.exclude_suspicious:
         baskets = make_baskets(ds, session_gap_s)
         pu, pi, count, per_user, b_of, i_of, u_of = _user_item_baskets(ds, baskets)
         findings = (_one_off(ds, pu, pi, per_user, config) + _devoted(ds, pu, pi, count, per_user, config)
-                    + _burst(ds, pu, pi, config)
+                    + _burst(ds, pi, config)
                     + _duplicates(ds, b_of, i_of, u_of, per_user, config))
         # strongest first (z; duplicated baskets by their number of accounts), within the line budget
         findings.sort(key=lambda f: -float(f.detail.get("z", len(f.accounts))))
@@ -271,7 +267,13 @@ def screen_accounts(ds: Dataset, config: AccountConfig = AccountConfig(), sessio
     for reason in sorted(set(reason_of[flagged].tolist())):
         by_reason[reason] = {"accounts": int((reason_of[flagged] == reason).sum()),
                              "lines": int((line_reason == reason).sum())}
-    return AccountScreen(findings, flagged, excluded, by_reason, skipped if config.exclude_suspicious else [])
+    return AccountScreen(findings, flagged, excluded, by_reason, skipped)
+
+
+def user_codes(ds: Dataset, user_ids) -> np.ndarray:
+    """The codes of the accounts of `ds` whose ids are in `user_ids` (ids it does not hold are ignored)."""
+    wanted = {str(u) for u in user_ids}
+    return np.flatnonzero([str(u) in wanted for u in ds.user_ids.tolist()])
 
 
 def without_excluded(ds: Dataset, screen: AccountScreen) -> Dataset:

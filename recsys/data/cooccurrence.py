@@ -109,17 +109,8 @@ def top_partners(matrix: sp.csr_matrix, top_m: int) -> CoPurchases:
     matrix = matrix.tocsr()
     matrix.sort_indices()
     n_rows, n_cols = matrix.shape
-    lengths = np.diff(matrix.indptr)
-    rows = np.repeat(np.arange(n_rows), lengths)
-    # rank of each entry within its row, heaviest first: one sort over all rows
-    order = np.lexsort((matrix.indices, -matrix.data, rows))
-    rank = np.empty(matrix.nnz, np.int64)
-    rank[order] = np.arange(matrix.nnz) - matrix.indptr[rows[order]]
-    keep = rank < top_m  # entries stay in column order within their row
-    rows = rows[keep]
-    indptr = np.zeros(n_rows + 1, np.int64)
-    np.cumsum(np.bincount(rows, minlength=n_rows), out=indptr[1:])
-    return CoPurchases(indptr, matrix.indices[keep], np.log1p(matrix.data[keep]), n_cols)
+    rows = np.repeat(np.arange(n_rows), np.diff(matrix.indptr))
+    return CoPurchases.top(rows, matrix.indices, matrix.data, n_rows, n_cols, top_m)
 
 
 def category_best_sellers(ds: Dataset, top_m: int, candidates: np.ndarray) -> CoPurchases:

@@ -97,8 +97,7 @@ def fold_in(query_start: np.ndarray, candidate_start: np.ndarray, pair_item: np.
         np.add.at(gu, neg_item, c[:, None] * V[neg_row])
         e = neg_weight * _sigmoid((U[neg_row] * v[neg_item]).sum(1))
         np.add.at(gv, neg_item, e[:, None] * U[neg_row])
-        scale = 1.0 / np.maximum(mass, 1.0)[:, None]  # per item, so the learning rate means the same for all
-        for x, g, mom, sq in ((u, gu * scale, mu, su), (v, gv * scale, mv, sv)):
+        for x, g, mom, sq in ((u, gu, mu, su), (v, gv, mv, sv)):  # Adam: the step size means the same for all
             mom *= b1
             mom += (1 - b1) * g
             sq *= b2

@@ -7,6 +7,7 @@ and ranking keeps the leftmost column among equal scores
 """
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
@@ -178,11 +179,16 @@ class ScoreJob:
         n = self.queries.n_queries
         return [(lo, min(lo + self.chunk, n)) for lo in range(0, n, self.chunk)]
 
+    @functools.cached_property
+    def col_of_item(self) -> np.ndarray:
+        """Each item's candidate column (-1: not a candidate); once per job, wherever it runs."""
+        out = np.full(self.n_items, -1, dtype=np.int64)
+        out[self.columns] = np.arange(len(self.columns))
+        return out
+
     def __call__(self, lo: int, hi: int) -> dict[str, "_Accumulator"]:
-        queries, columns = self.queries, self.columns
+        queries, columns, col_of_item = self.queries, self.columns, self.col_of_item
         accs = {v: _Accumulator(self.ks, len(columns)) for v in self.variants}
-        col_of_item = np.full(self.n_items, -1, dtype=np.int64)
-        col_of_item[columns] = np.arange(len(columns))
         for start in range(lo, hi, self.chunk):
             stop = min(start + self.chunk, hi)
             anchors = queries.anchors[start:stop]

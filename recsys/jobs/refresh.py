@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from recsys.data.accounts import user_codes
 from recsys.data.cooccurrence import copurchase_matrix
 from recsys.config import get_settings
 from recsys.data.dataset import Dataset, subset_purchases
@@ -74,11 +75,9 @@ def fold_in_purchases(parts: BundleParts, purchases: Dataset, config: RefreshCon
     record: dict = {}
     keep = np.ones(purchases.n_purchases, bool)
     if config.exclude_users and purchases.n_purchases:
-        listed = set(config.exclude_users)
-        keep &= ~np.isin(purchases.purchase_user, np.flatnonzero([str(u) in listed for u in purchases.user_ids]))
+        keep &= ~np.isin(purchases.purchase_user, user_codes(purchases, config.exclude_users))
     if config.known_accounts_only and seen_before is not None and purchases.n_purchases:
-        new = np.flatnonzero([str(u) not in seen_before for u in purchases.user_ids])
-        held = np.isin(purchases.purchase_user, new) & keep
+        held = ~np.isin(purchases.purchase_user, user_codes(purchases, seen_before)) & keep
         record["lines_of_new_accounts_held_back"] = int(held.sum())
         keep &= ~held
     if not keep.all():
