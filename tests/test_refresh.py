@@ -191,3 +191,11 @@ def test_refresh_folds_in_items_first_bought_since_the_version(published, tmp_pa
     everything = client._snapshot.n_rows
     assert "SOLO-1" in [n.item_id for n in client.similar(popular, k=everything)]
     assert "PUSH-1" not in [n.item_id for n in client.similar(popular, k=everything)]
+
+    # only the catalogue changes next: the patch rebuilt for it keeps every item folded in so far
+    (tmp_path / "new" / "more.csv").write_text("item_id,category,brand,price\nLATER-1,c001,b001,3.0\n")
+    load_frames(engine, read_frames(tmp_path / "new" / "more.csv", None))
+    third, _ = refresh(engine, root)
+    items = open_bundle(get_version(engine, third).path).parts.items
+    assert third == f"{version}.p3" and "LATER-1" in set(items.item_ids.tolist())
+    assert {"SOLO-1", "LAUNCH-1"} <= set(items.item_ids[items.index_row >= 0].tolist())

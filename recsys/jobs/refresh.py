@@ -184,13 +184,15 @@ def refresh(engine, root=None, settings=None, config: RefreshConfig = RefreshCon
     """
     record: dict = {}
 
-    def fold(full, parts, current):
+    def fold(full, parts, current, catalogue_changed):
         purchases = purchases_since(engine, full.parts, settings)
         newest = int(purchases.purchase_time.max()) if purchases.n_purchases else None
         served_until = (current.parts.watermark or {}).get("max_purchased_at")
-        if newest is None or (served_until is not None and newest <= int(served_until)):
+        if newest is None or (not catalogue_changed and served_until is not None and newest <= int(served_until)):
+            # no purchase since the full version, or the production patch has them all and the catalogue
+            # too; a patch rebuilt for new catalogue items folds the purchases in again, or it would lose them
             record.update({"lines": int(purchases.n_purchases), "nothing_since": current.version})
-            return None, record  # the production version has every purchase there is
+            return None, record
         known = None
         if config.known_accounts_only:
             watermark = (full.parts.watermark or {}).get("max_purchased_at")

@@ -393,8 +393,9 @@ def publish_patch(engine: Engine, root=None, new_items=None, alias: str = "produ
 
     new_items: a DataFrame (items load layout); default: the catalogue rows
     updated after the version's data watermark. fold_in: (full version's
-    bundle, its parts with the new catalogue items, the alias's bundle) ->
-    (parts or None, record): the hourly refresh, which folds the purchases
+    bundle, its parts with the new catalogue items, the alias's bundle,
+    whether the catalogue changed since the alias's version) -> (parts or
+    None, record): the hourly refresh, which folds the purchases
     since the full version in (recsys/jobs/refresh.py). With it, every patch
     is rebuilt from the full version the alias's version descends from, with
     everything since: evidence accumulates (an item's buyers over several
@@ -422,7 +423,7 @@ def publish_patch(engine: Engine, root=None, new_items=None, alias: str = "produ
     reason = f"patch: {n_new} new items"
     folded = None
     if fold_in is not None:
-        folded, record = fold_in(source, parts if parts is not None else source.parts, bundle)
+        folded, record = fold_in(source, parts if parts is not None else source.parts, bundle, missing > 0)
         if folded is not None:
             reason += (f", {record.get('fresh_items', 0)} first bought since {source.version} folded in from "
                        f"{record.get('lines', 0)} purchase lines")
