@@ -69,11 +69,11 @@ print(json.dumps({"read_s": read_s, "load_s": time.perf_counter() - t - read_s,
 FLOW_CHILD = r"""
 import json, resource, sys, time
 from flows.train_and_publish import train_and_publish
-url, config = sys.argv[1], json.loads(sys.argv[2])
+url, config, how = sys.argv[1], json.loads(sys.argv[2]), json.loads(sys.argv[3])
 t = time.perf_counter()
-result = train_and_publish(database_url=url, config=config, force=True)
+result = train_and_publish(database_url=url, config=config, force=True, **how)
 print(json.dumps({"wall_s": time.perf_counter() - t, "stages": result["stages"], "version": result["version"],
-                  "promoted": result["promoted"], "metrics": result.get("metrics"),
+                  "promoted": result["promoted"], "metrics": result.get("metrics"), "execution": result.get("execution"),
                   "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 """
 
@@ -95,8 +95,24 @@ def _tree_rss_mb(pid: int) -> float:
     return total / 2**20
 
 
-def run_flow(env: dict, url: str, config: dict, timeout_s: float, profile: Path | None, logdir: Path) -> dict:
-    cmd = [sys.executable, "-c", FLOW_CHILD, url, json.dumps(config)]
+def parse_execution(text: str) -> dict:
+    """"local", "dask2", "proc2", "dask2+proc2": the flow's dask_workers / train_processes."""
+    how = {}
+    for part in filter(None, text.split("+")):
+        if part == "local":
+            continue
+        if part.startswith("dask"):
+            how["dask_workers"] = int(part[4:])
+        elif part.startswith("proc"):
+            how["train_processes"] = int(part[4:])
+        else:
+            raise SystemExit(f"unknown execution {part!r} (local, daskN, procN, joined by +)")
+    return how
+
+
+def run_flow(env: dict, url: str, config: dict, timeout_s: float, profile: Path | None, logdir: Path,
+             how: dict | None = None) -> dict:
+    cmd = [sys.executable, "-c", FLOW_CHILD, url, json.dumps(config), json.dumps(how or {})]
     if profile is not None:
         py_spy = Path(sys.executable).parent / "py-spy"
         fmt = "flamegraph" if profile.suffix == ".svg" else "raw"  # raw: collapsed stacks, one per line
@@ -157,6 +173,9 @@ def main() -> None:
     parser.add_argument("--timeout-s", type=float, default=None, help="give up on the flow after this long")
     parser.add_argument("--profile", type=Path, help="py-spy flame graph (SVG) of the flow process")
     parser.add_argument("--config", default="{}", help="PipelineConfig fields as JSON")
+    parser.add_argument("--executions", default="local",
+                        help="comma-separated ways to run the flow on the same loaded data, one after the other: "
+                             "local, dask2, proc2, dask2+proc2 (one JSON line each)")
     args = parser.parse_args()
     target_s, target_gb = SIZES[args.size]
     timeout_s = args.timeout_s or 2 * target_s
@@ -180,23 +199,24 @@ def main() -> None:
         if args.size == "1m":
             record["shop"] = SHOP_1M
             shutil.rmtree(home / "shop", ignore_errors=True)
-        log(f"{args.size}: running the flow (timeout {timeout_s:.0f}s)")
-        flow = run_flow(env, url, json.loads(args.config), timeout_s, args.profile, home)
-        record["flow"] = flow
-        if "stages" in flow:
-            record["flow_s"] = flow["stages"].get("total", flow["wall_s"])
-            record["target_s"] = target_s
-            record["meets_time_target"] = record["flow_s"] < target_s
-            if target_gb is not None:
-                record["target_peak_gb"] = target_gb
-                record["meets_memory_target"] = max(flow["peak_rss_mb"], flow["peak_tree_rss_mb"]) / 1024 < target_gb
-        if args.profile:
-            record["profile"] = str(args.profile)
+        for execution in args.executions.split(","):
+            log(f"{args.size}: running the flow, {execution} (timeout {timeout_s:.0f}s)")
+            flow = run_flow(env, url, json.loads(args.config), timeout_s, args.profile, home,
+                            parse_execution(execution))
+            run = {**record, "execution": execution, "flow": flow}
+            if "stages" in flow:
+                run["flow_s"] = flow["stages"].get("total", flow["wall_s"])
+                run["target_s"] = target_s
+                run["meets_time_target"] = run["flow_s"] < target_s
+                if target_gb is not None:
+                    run["target_peak_gb"] = target_gb
+                    run["meets_memory_target"] = max(flow["peak_rss_mb"], flow["peak_tree_rss_mb"]) / 1024 < target_gb
+            if args.profile:
+                run["profile"] = str(args.profile)
+            emit({**run, "load_avg_after": load_average(), **machine()})
     finally:
         subprocess.run([sys.executable, "-m", "recsys.app.cli", "db", "stop"], env=env, cwd=REPO, capture_output=True)
         shutil.rmtree(home, ignore_errors=True)
-    record["load_avg_after"] = load_average()
-    emit({**record, **machine()})
 
 
 if __name__ == "__main__":

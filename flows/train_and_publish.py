@@ -22,8 +22,10 @@ from recsys.errors import UserError
 from recsys.ingest.db import get_engine, is_transient
 from recsys.ingest.extract import SMALLEST_TRAINABLE, extract_configured
 from recsys.jobs import pipeline
+from recsys.jobs.dask_index import DaskShardFiller
 from recsys.jobs.dask_queries import DaskQueryRunner
-from recsys.jobs.execution import Execution, dask_runner
+from recsys.jobs.dask_walks import DaskChunkRunner
+from recsys.jobs.execution import Execution, dask_runner, peak_rss_mb
 from recsys.jobs.report import run_report_markdown, table_rows
 from recsys.serving.registry import GateFailedError, Gates, alias_history, get_version, publish
 from recsys.serving.registry import promote as promote_version
@@ -91,10 +93,93 @@ def evaluate(ds, config: pipeline.PipelineConfig, run_chunks=None, train_process
 
 
 @task(cache_policy=NO_CACHE)
-def train(ds, config: pipeline.PipelineConfig, chosen_from, run_chunks=None, train_processes: int = 1):
+def evaluate_rows(ds, prep, config: pipeline.PipelineConfig, names: list[str], train_processes: int = 1):
+    """One group of the evaluation's rows (recsys.recommenders.lineup.row_groups), as a task on a Dask worker.
+
+    Its walk chunks and query chunks are Dask tasks of the same cluster (a Prefect task each would cost
+    more than the chunk: docs/scaling.md); this task leaves the worker's thread pool while it waits on them.
+    """
+    import multiprocessing
+
+    from distributed import worker_client
+
+    logger = get_run_logger()
+    if train_processes > 1 and multiprocessing.current_process().daemon:
+        logger.warning("this Dask worker runs as a daemon process, which cannot start training ranks: the "
+                       "rows %s train in one process here (start `dask worker` with DASK_DISTRIBUTED__WORKER__DAEMON=False "
+                       "or --no-nanny to let them)",
+                       names)
+        train_processes = 1
+    with worker_client() as client:
+        run_chunks, run_ranges = DaskChunkRunner(client=client), DaskQueryRunner(client)
+        results, chosen = pipeline.evaluate_group(ds, prep, config, names, logger.info, run_chunks,
+                                                  train_processes, run_ranges)
+    return results, chosen, {"walk_chunks": run_chunks.chunks_run, "query_chunks": run_ranges.chunks_run,
+                             "rows_scored_in_task": run_ranges.not_shipped, "peak_rss_mb": peak_rss_mb()}
+
+
+def evaluate_on_cluster(ds, config: pipeline.PipelineConfig, run_chunks, train_processes: int, how: dict):
+    """The evaluation's row groups as Prefect tasks on Prefect's DaskTaskRunner over the run's cluster.
+
+    The data and the protocol's split are scattered to the cluster once and reach the tasks as futures
+    (not through their parameters); each group fits and scores its rows on a worker; the table is put
+    together here in lineup order, the same table one process makes (tests/test_scale_out.py).
+    """
+    from prefect_dask import DaskTaskRunner
+
+    logger = get_run_logger()
+    client = run_chunks.client()
+    groups = pipeline.evaluation_groups(config)
+    prep = pipeline.prepare(ds, config.evaluation)
+    with _data_size_errors(ds), prefect_api_for_workers(client), \
+            DaskTaskRunner(address=client.scheduler.address) as runner:
+        ds_ref, prep_ref = runner.client.scatter([ds, prep], hash=False)
+        futures = [runner.submit(evaluate_rows, {"ds": ds_ref, "prep": prep_ref, "config": config,
+                                                 "names": list(names), "train_processes": train_processes})
+                   for names in groups]
+        done = [future.result() for future in futures]
+    report, chosen = pipeline.evaluation_report(ds, prep, config, [(rows, c) for rows, c, _ in done])
+    how["evaluation_tasks"] = [list(names) for names in groups]
+    run_chunks.chunks_run += sum(d["walk_chunks"] for _, _, d in done)  # the run's count (dask_runner's record)
+    how["query_chunks_on_dask"] += sum(d["query_chunks"] for _, _, d in done)
+    how["rows_scored_in_task"] = [row for _, _, d in done for row in d["rows_scored_in_task"]]
+    logger.info("evaluation on Dask: %s tasks, %s walk chunks, %s query chunks; peak memory of the tasks' "
+                "workers (MB): %s", len(groups), sum(d["walk_chunks"] for _, _, d in done), how["query_chunks_on_dask"],
+                [d["peak_rss_mb"] for _, _, d in done])
+    logger.info("evaluation:\n%s", report.to_table())
+    return report, chosen
+
+
+@contextlib.contextmanager
+def prefect_api_for_workers(client):
+    """Dask workers report their task runs to this flow's Prefect API.
+
+    Without PREFECT_API_URL the flow runs on a temporary local server; its address is passed on in the
+    tasks' settings (a worker would otherwise start a server of its own). Workers on other machines cannot
+    reach that one: they need a Prefect server both sides reach (README, "Running on a cluster").
+    """
+    from prefect.server.api.server import SubprocessASGIServer
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    if PREFECT_API_URL.value():
+        yield
+        return
+    host = client.scheduler.address.split("://")[-1].rsplit(":", 1)[0]
+    if host not in ("127.0.0.1", "localhost", "::1", "[::1]"):
+        raise UserError(f"The Dask scheduler {client.scheduler.address} is on another machine, and this flow "
+                        "runs on a temporary Prefect server only this machine can reach: set PREFECT_API_URL to "
+                        "a Prefect server the workers reach too (`prefect server start`).")
+    server = SubprocessASGIServer()  # the running temporary server (one per process)
+    with temporary_settings(updates={PREFECT_API_URL: server.api_url}):
+        yield
+
+
+@task(cache_policy=NO_CACHE)
+def train(ds, config: pipeline.PipelineConfig, chosen_from, run_chunks=None, train_processes: int = 1,
+          rendezvous=None):
     with _data_size_errors(ds):
         shipped = pipeline.train_final(ds, config, chosen_from=chosen_from, progress=True, run_chunks=run_chunks,
-                                       train_processes=train_processes)
+                                       train_processes=train_processes, rendezvous=rendezvous)
     stats = shipped.eges.trained.stats
     get_run_logger().info("trained EGES on all data: %s; blend %s", json.dumps(stats, default=str),
                           json.dumps({k: shipped.choice[k] for k in ("half_life_share", "warm", "cold")}, default=str))
@@ -103,10 +188,13 @@ def train(ds, config: pipeline.PipelineConfig, chosen_from, run_chunks=None, tra
 
 @task(cache_policy=NO_CACHE)
 def compress_and_publish(rec, ds, config: pipeline.PipelineConfig, metrics: dict, database_url: str | None,
-                         notes: dict, execution: dict | None = None):
+                         notes: dict, execution: dict | None = None, fill_shards=None):
     settings = get_settings(database_url=database_url)
     logger = get_run_logger()
-    parts = pipeline.build_parts(rec, ds, config, metrics, notes, log=logger.info, execution=execution)
+    parts = pipeline.build_parts(rec, ds, config, metrics, notes, log=logger.info, execution=execution,
+                                 fill_shards=fill_shards)
+    if fill_shards is not None and execution is not None:
+        execution["index_shards_on_dask"] = fill_shards.shards_run
     version = publish(get_engine(settings), settings.resolved_artifact_root, parts, alias="candidate",
                       reason="nightly train-and-publish")
     logger.info("published version %s (candidate)", version)
@@ -149,20 +237,42 @@ def publish_artifacts(version: str, metrics: dict, ds, stages: dict, promoted: b
     return markdown
 
 
+def _rendezvous(train_nodes: int, rdzv_endpoint: str | None):
+    from recsys.embed.distributed import Rendezvous
+
+    if train_nodes < 1:
+        raise UserError(f"--train-nodes must be >= 1, got {train_nodes}")
+    if train_nodes == 1 and not rdzv_endpoint:
+        return None
+    if not rdzv_endpoint:
+        raise UserError(f"--train-nodes {train_nodes} needs --rdzv-endpoint HOST:PORT, where the machines' "
+                        "training ranks meet (torchrun's c10d rendezvous)")
+    rendezvous = Rendezvous(rdzv_endpoint, train_nodes)
+    try:
+        rendezvous.validate()
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    return rendezvous
+
+
 @flow(name="train-and-publish", log_prints=True)
 def train_and_publish(database_url: str | None = None, config: dict | None = None, gates: dict | None = None,
                       force: bool = False, wait_for_lock_s: float = 0.0, dask_address: str | None = None,
-                      dask_workers: int = 0, train_processes: int = 1) -> dict:
+                      dask_workers: int = 0, train_processes: int = 1, train_nodes: int = 1,
+                      rdzv_endpoint: str | None = None) -> dict:
     """Train EGES on the shop's data, evaluate it beside the baselines, publish and promote a version.
 
     config: PipelineConfig settings (e.g. {"train": {"dim": 32}, "evaluation": {"max_queries": 2000}});
     gates: recsys.serving.registry.Gates fields; force: retrain even when data and config are unchanged;
     dask_address / dask_workers: walk on an existing Dask scheduler / a local cluster of N workers
     (recsys/jobs/execution.py; RECSYS_DASK_ADDRESS is the address's default); train_processes: EGES
-    trained data-parallel on that many processes of this machine (recsys/embed/distributed.py).
+    trained data-parallel on that many processes of this machine (recsys/embed/distributed.py);
+    train_nodes / rdzv_endpoint: the shipped model's training also takes ranks that train_nodes - 1 other
+    machines start with torchrun, meeting at rdzv_endpoint (HOST:PORT; README, "Running on a cluster").
     """
     if int(train_processes) < 1:
         raise UserError(f"--train-processes must be >= 1, got {train_processes}")
+    rendezvous = _rendezvous(int(train_nodes), rdzv_endpoint)
     execution = Execution.resolve(dask_address, dask_workers)
     logger = get_run_logger()
     cfg = pipeline.PipelineConfig.from_dict(config)
@@ -178,20 +288,22 @@ def train_and_publish(database_url: str | None = None, config: dict | None = Non
             return {"version": existing, "promoted": None, "cached": True, "stages": stages}
         with pipeline.timed(stages, "screen"):
             ds, accounts = screen(ds, cfg)
-        with dask_runner(execution, log=logger.info) as (run_chunks, how):
+        with dask_runner(execution, log=logger.info) as (run_chunks, how, settle):
             how["train_processes"] = int(train_processes)
-            run_ranges = DaskQueryRunner(run_chunks.client()) if run_chunks is not None else None
+            how["train_nodes"] = int(train_nodes)
             with pipeline.timed(stages, "evaluate"):
-                report, chosen_on_split = evaluate(ds, cfg, run_chunks, int(train_processes), run_ranges)
-            if run_ranges is not None:
-                how["query_chunks_on_dask"] = run_ranges.chunks_run
-                how["rows_scored_in_flow"] = run_ranges.not_shipped
+                if run_chunks is None:
+                    report, chosen_on_split = evaluate(ds, cfg, None, int(train_processes))
+                else:
+                    report, chosen_on_split = evaluate_on_cluster(ds, cfg, run_chunks, int(train_processes), how)
             with pipeline.timed(stages, "train"):
-                rec = train(ds, cfg, chosen_on_split, run_chunks, int(train_processes))
-        metrics = {**pipeline.shipped_metrics(report), "accounts": accounts}
-        with pipeline.timed(stages, "compress+publish"):
-            version, index_check = compress_and_publish(rec, ds, cfg, metrics, database_url,
-                                                        {"fingerprint": key, "stages": stages}, how)
+                rec = train(ds, cfg, chosen_on_split, run_chunks, int(train_processes), rendezvous)
+            metrics = {**pipeline.shipped_metrics(report), "accounts": accounts}
+            fill_shards = DaskShardFiller(run_chunks.client()) if run_chunks is not None else None
+            settle()  # the manifest's record of how the run went, before it is written
+            with pipeline.timed(stages, "compress+publish"):
+                version, index_check = compress_and_publish(rec, ds, cfg, metrics, database_url,
+                                                            {"fingerprint": key, "stages": stages}, how, fill_shards)
         if index_check is not None:
             metrics["index_check"] = index_check
         with pipeline.timed(stages, "promote"):

@@ -193,22 +193,32 @@ def test_a_local_dask_cluster_of_two_workers_walks_for_the_flow(shop, first_run)
     """`recsys train --dask-workers 2`: the walks' chunks run on a local cluster started for the run; the
     version is published, promoted and says how it was made."""
     from recsys import Client
+    from recsys.jobs import pipeline
     from recsys.serving.registry import get_version
 
     engine, url = shop
     from flows.train_and_publish import train_and_publish
 
     # query chunks of about 30 queries, so each row's queries spread over the workers
-    config = {**SMALL, "evaluation": {**SMALL["evaluation"], "chunk_bytes": 30 * 12 * 25_000}}
+    # and the index in 2 shards, filled as Dask tasks
+    config = {**SMALL, "evaluation": {**SMALL["evaluation"], "chunk_bytes": 30 * 12 * 25_000},
+              "index": {**SMALL.get("index", {}), "shards": 2}}
     result = train_and_publish(database_url=url, config=config, force=True, dask_workers=2)
     how = result["execution"]
-    assert how["task_runner"] == "dask" and how["dask_workers"] == 2 and how["walk_chunks_on_dask"] > 0
-    # the evaluation's query chunks ran there too, every row shipped (the shipped blend included)
-    assert how["query_chunks_on_dask"] > 0 and how["rows_scored_in_flow"] == []
+    assert how["task_runner"] == "prefect-dask" and how["dask_workers"] == 2 and how["walk_chunks_on_dask"] > 0
+    # the evaluation's row groups ran as Prefect tasks there, their query chunks as Dask tasks, every row
+    # shipped (the shipped blend included)
+    assert how["evaluation_tasks"] == [list(g) for g in pipeline.evaluation_groups(pipeline.PipelineConfig.from_dict(config))]
+    assert len(how["evaluation_tasks"]) > 1
+    assert how["query_chunks_on_dask"] > 0 and how["rows_scored_in_task"] == []
+    assert how["index_shards_on_dask"] >= 2 and how["train_nodes"] == 1
+
     assert len(how["worker_peak_rss_mb"]) == 2 and all(mb > 0 for mb in how["worker_peak_rss_mb"].values())
     info = get_version(engine, result["version"])
     client = Client.open(info.path)
     assert client.manifest["execution"] == how
+    # the table put together from the tasks has one process's rows, in lineup order
+    assert list(info.metrics["rows"]) == list(get_version(engine, first_run["version"]).metrics["rows"])
     assert first_run["execution"]["task_runner"] == "local"
     # walks do not depend on where they ran: the same training as the single-process run, within the
     # training threads' noise (Hogwild updates land in another order)

@@ -183,3 +183,118 @@ def test_evaluation_queries_scored_on_two_dask_workers_equal_the_single_process_
                 assert x.recall[k] == pytest.approx(y.recall[k], rel=1e-12)
                 assert x.coverage[k] == y.coverage[k] and x.tail_recall[k] == pytest.approx(y.tail_recall[k])
             assert x.mrr == pytest.approx(y.mrr, rel=1e-12)
+
+
+@pytest.mark.parametrize("factory", ["IVF8,PQ4", "PQ8x4fs"])
+def test_index_shards_filled_on_two_dask_workers_equal_the_shards_filled_here(cluster, factory):
+    """A sharded index's shards as Dask tasks (the trained index scattered once, a task a shard): the same
+    codes, byte for byte, as the shards filled in one process."""
+    import faiss
+
+    from recsys.jobs.dask_index import DaskShardFiller
+    from recsys.serving.shards import ShardedCodes
+
+    vectors = np.random.default_rng(0).normal(size=(3000, 16)).astype(np.float32)
+    trained = faiss.index_factory(16, factory)
+    trained.train(vectors)
+    filler = DaskShardFiller(cluster)
+    here, there = ShardedCodes.fill(trained, vectors, 3), ShardedCodes.fill(trained, vectors, 3, filler)
+    assert filler.shards_run == 3
+    np.testing.assert_array_equal(here.bounds, there.bounds)
+    for a, b in zip(here.shards, there.shards):
+        np.testing.assert_array_equal(faiss.serialize_index(a), faiss.serialize_index(b))
+    queries = vectors[:50]
+    np.testing.assert_array_equal(here.search(queries, 10)[1], there.search(queries, 10)[1])
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _second_machine(rendezvous, processes: int = 1):
+    """What another machine runs: torchrun without the job, joining the rendezvous."""
+    import subprocess
+    import sys
+
+    return subprocess.Popen([sys.executable, "-m", "torch.distributed.run", *rendezvous.torchrun_args(processes),
+                             "-m", "recsys.embed.distributed"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            start_new_session=True)
+
+
+def test_training_ranks_of_two_machines_meet_through_torchrun(small_shop):
+    """`recsys train --train-nodes 2 --rdzv-endpoint ...`: this machine's torchrun holds the job, the other
+    machine's (here a second torchrun on loopback) receives it at the c10d rendezvous; the model is the one
+    2 ranks on one machine train (each rank's share and the sums do not depend on where the ranks run)."""
+    from recsys.data.graph import build_item_graph
+    from recsys.data.sessions import make_baskets
+    from recsys.embed.distributed import Rendezvous, train_data_parallel, train_on_torchrun
+    from recsys.embed.train import TrainConfig
+
+    graph = build_item_graph(small_shop, make_baskets(small_shop, 3600))
+    config = TrainConfig(dim=16, epochs=2, num_threads=1, seed=3)
+    rendezvous = Rendezvous(f"127.0.0.1:{_free_port()}", nodes=2, run_id="test-two-machines", join_timeout_s=120)
+    other = _second_machine(rendezvous)
+    try:
+        trained = train_on_torchrun(small_shop, graph, config, 1, rendezvous)
+        assert other.wait(60) == 0, other.stderr.read().decode()[-2000:]
+    finally:
+        if other.poll() is None:
+            other.kill()
+    assert trained.stats["train_processes"] == 2 and trained.stats["train_nodes"] == 2
+    assert trained.stats["update_sums"] == 2 * 16
+    one_machine = train_data_parallel(small_shop, graph, config, 2)
+    np.testing.assert_array_equal(trained.item_vectors, one_machine.item_vectors)
+
+
+def test_a_machine_that_dies_mid_training_ends_the_torchrun_training_with_a_clear_error(small_shop):
+    import os
+    import signal
+    import time
+
+    from recsys.data.graph import build_item_graph
+    from recsys.data.sessions import make_baskets
+    from recsys.embed.distributed import Rendezvous, train_on_torchrun
+    from recsys.embed.train import TrainConfig
+
+    graph = build_item_graph(small_shop, make_baskets(small_shop, 3600))
+    rendezvous = Rendezvous(f"127.0.0.1:{_free_port()}", nodes=2, run_id="test-dies", join_timeout_s=120)
+    other = _second_machine(rendezvous)
+    import threading
+
+    outcome = {}
+
+    def kill_when_training():
+        time.sleep(15)  # the rendezvous, the job sent, inside training (200 epochs take minutes)
+        os.killpg(other.pid, signal.SIGKILL)
+
+    killer = threading.Thread(target=kill_when_training)
+    killer.start()
+    started = time.time()
+    try:
+        train_on_torchrun(small_shop, graph, TrainConfig(dim=16, epochs=200, num_threads=1), 1, rendezvous)
+    except RuntimeError as exc:
+        outcome["error"] = str(exc)
+    killer.join()
+    assert "torchrun failed" in outcome.get("error", ""), outcome
+    assert time.time() - started < 200
+
+
+def test_a_sharded_index_survives_a_copy_to_another_process():
+    """A cluster's tasks copy a sharded index with pickle: faiss.IndexShards cannot be, its shards can."""
+    import pickle
+
+    import faiss
+
+    from recsys.serving.shards import ShardedCodes
+
+    vectors = np.random.default_rng(1).normal(size=(2000, 8)).astype(np.float32)
+    trained = faiss.index_factory(8, "IVF4,PQ2")
+    trained.train(vectors)
+    sharded = ShardedCodes.fill(trained, vectors, 2)
+    copy = pickle.loads(pickle.dumps(sharded))
+    np.testing.assert_array_equal(copy.bounds, sharded.bounds)
+    np.testing.assert_array_equal(copy.search(vectors[:20], 5)[1], sharded.search(vectors[:20], 5)[1])

@@ -294,14 +294,22 @@ def diagnose(quick, seed, json_out, database_url):
 @click.option("--max-drop", default=0.05, show_default=True,
               help="Promotion gate: largest relative Recall@20 drop allowed against production.")
 @click.option("--dask-workers", type=click.IntRange(0, 1024), default=0, show_default=True,
-              help="Generate the training walks on a local Dask cluster of N worker processes started for "
-                   "this run (same walks, same model as one process).")
+              help="Run the heavy stages on a local Dask cluster of N worker processes started for this run: "
+                   "the evaluation's rows as Prefect tasks (DaskTaskRunner), walks, query chunks and index "
+                   "shards as Dask tasks (same walks, same model as one process).")
 @click.option("--dask", "dask_address", envvar="RECSYS_DASK_ADDRESS",
-              help="Generate the training walks on an existing Dask scheduler, e.g. tcp://10.0.0.5:8786 "
-                   "(default: $RECSYS_DASK_ADDRESS).")
+              help="The same on an existing Dask scheduler, e.g. tcp://10.0.0.5:8786 "
+                   "(default: $RECSYS_DASK_ADDRESS; remote workers need PREFECT_API_URL).")
 @click.option("--train-processes", type=click.IntRange(1, 256), default=1, show_default=True,
               help="Train EGES data-parallel on N processes of this machine (torch.distributed, gloo): each "
-                   "trains on its share of the walks, the updates are summed every epoch.")
+                   "trains on its share of the walks, the updates are summed 16 times an epoch.")
+@click.option("--train-nodes", type=click.IntRange(1, 4096), default=1, show_default=True,
+              help="Train the shipped model with ranks on M machines: this one (--train-processes ranks) and "
+                   "M - 1 others that run torchrun ... -m recsys.embed.distributed (README, \"Running on a "
+                   "cluster\"). Needs --rdzv-endpoint.")
+@click.option("--rdzv-endpoint", envvar="RECSYS_RDZV_ENDPOINT",
+              help="HOST:PORT where the machines' training ranks meet (torchrun's c10d rendezvous; "
+                   "default: $RECSYS_RDZV_ENDPOINT).")
 @click.option("--index-shards", type=click.IntRange(1, 256), default=1, show_default=True,
               help="Split the candidate index by item range into N shard files, searched in parallel and "
                    "merged (the results equal one index's).")
@@ -317,8 +325,8 @@ def diagnose(quick, seed, json_out, database_url):
 @database_option
 @user_errors
 def train(force, dim, epochs, threads, max_queries, all_rows, min_warm_recall, min_cold_recall, max_drop,
-          dask_workers, dask_address, train_processes, index_shards, allow_index_loss, wait_for_lock, seed,
-          deterministic, database_url):
+          dask_workers, dask_address, train_processes, train_nodes, rdzv_endpoint, index_shards, allow_index_loss,
+          wait_for_lock, seed, deterministic, database_url):
     """Run the train-and-publish flow once, now.
 
     Extract, evaluate against the baselines, train EGES on all data, compress,
@@ -355,7 +363,8 @@ def train(force, dim, epochs, threads, max_queries, all_rows, min_warm_recall, m
     quiet_expected_flow_errors()
     result = train_and_publish(database_url=database_url, config=config, gates=gates, force=force,
                                wait_for_lock_s=float(wait_for_lock), dask_address=dask_address,
-                               dask_workers=dask_workers, train_processes=train_processes)
+                               dask_workers=dask_workers, train_processes=train_processes, train_nodes=train_nodes,
+                               rdzv_endpoint=rdzv_endpoint)
     _print_train_result(result)
 
 
@@ -418,10 +427,12 @@ def _print_train_result(result: dict) -> None:
                    f"{accounts['excluded_accounts']:,} accounts that look injected ({reasons}; "
                    "`recsys diagnose` lists them, the database keeps them).")
     how = result.get("execution") or {}
-    if how.get("task_runner") == "dask":
-        click.echo(f"On Dask: {how['dask_address']}, {how['dask_workers']} workers, {how['walk_chunks_on_dask']} "
-                   f"walk chunks, {how.get('query_chunks_on_dask', 0)} evaluation query chunks; workers' peak "
-                   f"memory (MB) {how['worker_peak_rss_mb']}.")
+    if how.get("task_runner") == "prefect-dask":
+        click.echo(f"On Dask: {how['dask_address']}, {how['dask_workers']} workers; "
+                   f"{len(how.get('evaluation_tasks') or [])} evaluation tasks (Prefect's DaskTaskRunner), "
+                   f"{how['walk_chunks_on_dask']} walk chunks, {how.get('query_chunks_on_dask', 0)} query chunks, "
+                   f"{how.get('index_shards_on_dask', 0)} index shards; workers' peak memory (MB) "
+                   f"{how['worker_peak_rss_mb']}.")
     check = result.get("index_check")
     if check:
         click.echo(f"Index: {check['layout']} ({check['factory']} / query {check['query_factory']}), "

@@ -128,6 +128,34 @@ def evaluate_recommender(rec: Recommender, ds: Dataset, prep: PreparedEvaluation
     return RowResult(name=name, fit_s=fit_s, warm=warm, cold=cold, fit_peak_mb=memory.peak_mb)
 
 
+def evaluate_rows(ds: Dataset, prep: PreparedEvaluation, recommenders: Sequence[Recommender], config: EvalConfig,
+                  log: Callable[[str], None] | None = None, run_ranges=None) -> list[RowResult]:
+    """Fit and score each recommender on a prepared protocol, in the given order (one RowResult each)."""
+    rows = []
+    for rec in recommenders:
+        row = evaluate_recommender(rec, ds, prep, config, run_ranges)
+        if config.include_link_prediction and isinstance(rec, GraphEmbedder):
+            lp_started = time.perf_counter()
+            row.link_prediction_auc = link_prediction_auc(
+                prep.split.train, lambda g, r=rec: r.embed_graph(prep.split.train, g), seed=config.seed,
+                session_gap_s=config.session_gap_s, max_edges=config.link_prediction_max_edges)
+            if log:
+                log(f"{row.name}: link prediction {time.perf_counter() - lp_started:.1f}s")
+        rows.append(row)
+        if log:
+            log(f"{row.name}: fit {row.fit_s:.1f}s, warm R@20 "
+                f"{row.warm.recall.get(20, float('nan')):.4f}, cold R@20 {row.cold.recall.get(20, float('nan')):.4f}")
+    return rows
+
+
+def report_of(ds: Dataset, prep: PreparedEvaluation, config: EvalConfig, rows: Sequence[RowResult]) -> EvaluationReport:
+    """The evaluation table of rows scored on `prep` (in whatever process or task each was scored)."""
+    names = [row.name for row in rows]
+    if len(set(names)) != len(names):
+        raise ValueError(f"recommender names must be unique, got {names}")
+    return EvaluationReport(config=config, summary=_summary(ds, prep), rows=list(rows))
+
+
 def evaluate(ds: Dataset, recommenders: Sequence[Recommender], config: EvalConfig | None = None,
              log: Callable[[str], None] | None = None, run_ranges=None) -> EvaluationReport:
     """Run the protocol for each recommender; one row each, in the given order.
@@ -141,20 +169,4 @@ def evaluate(ds: Dataset, recommenders: Sequence[Recommender], config: EvalConfi
     if len(set(names)) != len(names):
         raise ValueError(f"recommender names must be unique, got {names}")
     prep = prepare(ds, config)
-    report = EvaluationReport(config=config, summary=_summary(ds, prep))
-    for rec in recommenders:
-        row = evaluate_recommender(rec, ds, prep, config, run_ranges)
-        if config.include_link_prediction and isinstance(rec, GraphEmbedder):
-            lp_started = time.perf_counter()
-            row.link_prediction_auc = link_prediction_auc(
-                prep.split.train, lambda g, r=rec: r.embed_graph(prep.split.train, g), seed=config.seed,
-                session_gap_s=config.session_gap_s, max_edges=config.link_prediction_max_edges)
-            if log:
-                log(f"{row.name}: link prediction {time.perf_counter() - lp_started:.1f}s")
-        report.rows.append(row)
-        if log:
-            log(f"{row.name}: fit {row.fit_s:.1f}s, warm R@20 "
-                f"{row.warm.recall.get(20, float('nan')):.4f}, cold R@20 {row.cold.recall.get(20, float('nan')):.4f}")
-    return report
-
-
+    return report_of(ds, prep, config, evaluate_rows(ds, prep, recommenders, config, log, run_ranges))

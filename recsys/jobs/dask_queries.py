@@ -11,6 +11,8 @@ others by the scheduler; the job is on every worker.
 """
 from __future__ import annotations
 
+from distributed.protocol.pickle import dumps
+
 from recsys.evaluation.metrics import ScoreJob
 
 
@@ -32,9 +34,12 @@ class DaskQueryRunner:
                 yield job(lo, hi)
             return
         try:
+            # serialised here first, where a failure can be caught: scattered from a task on a worker, the job
+            # is only serialised when copied to the other workers, and a failure there is retried for ever
+            dumps(job)
             shipped = self.client.scatter(job, broadcast=True, hash=False)
         except Exception as exc:  # a row whose fitted state does not serialise is scored here, as without Dask
-            self.not_shipped.append(f"{job.name}: {type(exc).__name__}")
+            self.not_shipped.append(f"{job.name}: {type(exc).__name__}: {str(exc)[:200]}")
             for lo, hi in ranges:
                 yield job(lo, hi)
             return

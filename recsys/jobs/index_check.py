@@ -230,8 +230,10 @@ class IndexCheck:
 def choose_layout(item_vectors: np.ndarray, context_vectors: np.ndarray, log_pop: np.ndarray,
                   cold_vectors: Callable[[], np.ndarray], warm_scorer: Scorer, cold_scorer: Scorer,
                   queries: CheckQueries, config: IndexCheckConfig, base: IndexConfig | None = None,
-                  log: Callable[[str], None] | None = None) -> IndexCheck:
-    """Build the scale's candidate layouts smallest first; ship the first within max_loss (else the best)."""
+                  log: Callable[[str], None] | None = None, fill_shards=None) -> IndexCheck:
+    """Build the scale's candidate layouts smallest first; ship the first within max_loss (else the best).
+
+    fill_shards: where a sharded layout's shards are filled (recsys.serving.shards.FillShards)."""
     config.validate()
     layouts = candidate_layouts(len(item_vectors), base, tuple(config.layouts))
     exact = exact_recall(warm_scorer, cold_scorer, item_vectors, context_vectors, log_pop, queries)
@@ -239,7 +241,7 @@ def choose_layout(item_vectors: np.ndarray, context_vectors: np.ndarray, log_pop
     for name, layout in layouts.items():
         started = time.perf_counter()
         indexes = build_scorer_indexes(item_vectors, context_vectors, log_pop, cold_vectors, warm_scorer,
-                                       cold_scorer, layout)
+                                       cold_scorer, layout, fill_shards=fill_shards)
         result = check_indexes(indexes, warm_scorer, cold_scorer, item_vectors, context_vectors, log_pop,
                                queries, exact)
         entry = {"layout": name, "factory": indexes["warm"].meta["factory_used"],
@@ -266,7 +268,7 @@ def choose_layout(item_vectors: np.ndarray, context_vectors: np.ndarray, log_pop
 
 
 def check_model_index(rec, ds, base: IndexConfig, config: IndexCheckConfig, eval_config,
-                      log: Callable[[str], None] | None = None) -> IndexCheck:
+                      log: Callable[[str], None] | None = None, fill_shards=None) -> IndexCheck:
     """The index check of a fitted EGESRecommender trained on `ds`: its candidate items (those seen in
     training walks, what a bundle indexes), the queries of ds's last `eval_config.test_fraction` of
     purchases (the protocol's split, `config.queries` per segment), `choose_layout`."""
@@ -284,4 +286,4 @@ def check_model_index(rec, ds, base: IndexConfig, config: IndexCheckConfig, eval
         (prep.cold_queries.anchors, prep.cold_queries.indptr, prep.cold_queries.targets))
     return choose_layout(trained.item_vectors[rows], trained.context_vectors[rows], rec.log_popularity[rows],
                          lambda: side[rows], rec.warm_scorer, rec.cold_scorer, queries, config,
-                         base, log)
+                         base, log, fill_shards)

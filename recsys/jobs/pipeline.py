@@ -22,15 +22,15 @@ from recsys.data.accounts import AccountConfig, screen_accounts, without_exclude
 from recsys.data.dataset import Dataset
 from recsys.data.graph import GraphConfig
 from recsys.embed.train import TrainConfig
-from recsys.evaluation.protocol import EvalConfig, evaluate
-from recsys.evaluation.report import EvaluationReport
+from recsys.evaluation.protocol import EvalConfig, PreparedEvaluation, evaluate_rows, prepare, report_of
+from recsys.evaluation.report import EvaluationReport, RowResult
 from recsys.ingest.db import get_engine
 from recsys.config import get_settings
 from recsys.jobs.index_check import IndexCheckConfig, check_model_index
 from recsys.jobs.plots import bar_chart_svg, line_chart_svg
 from recsys.recommenders.blended import BlendConfig, BlendedRecommender
 from recsys.recommenders.eges import EGESRecommender, ScorerConfig
-from recsys.recommenders.lineup import NIGHTLY_ROWS, SHIPPED_ROW, build_rows
+from recsys.recommenders.lineup import NIGHTLY_ROWS, ROW_NAMES, SHIPPED_ROW, build_rows, row_groups
 from recsys.recommenders.compressed import CompressedRecommender
 from recsys.serving.bundle import BundleParts, GraphEvidence, parts_from_model
 from recsys.serving.index import IndexConfig
@@ -104,37 +104,86 @@ def evaluation_rows(config: PipelineConfig, run_chunks=None, train_processes: in
     return build_rows(config.eval_rows, config, run_chunks, train_processes)
 
 
-def run_evaluation(ds: Dataset, config: PipelineConfig, log=print, run_chunks=None,
-                   train_processes: int = 1, run_ranges=None) -> tuple[EvaluationReport, object | None]:
-    """The offline protocol on `ds`; returns (report, the row whose choices the final training reuses).
+@dataclass(frozen=True)
+class SplitChoices:
+    """What the final training reuses from the evaluation's validation tail: EGES's scorers and the blend's
+    choice (small: it travels back from a cluster's task instead of the fitted row)."""
 
-    That row is the shipped blend when evaluated (its EGES scorers and its blend), else EGES.
-    run_chunks: where walks run; run_ranges: where the query chunks are scored (recsys/jobs/dask_*.py).
-    """
-    rows = evaluation_rows(config, run_chunks, train_processes)
-    report = evaluate(ds, rows, config.evaluation, log=log, run_ranges=run_ranges)
+    warm_scorer: object | None = None
+    cold_scorer: object | None = None
+    blend_choice: dict | None = None
+
+    @classmethod
+    def of(cls, row) -> "SplitChoices | None":
+        """From the shipped row (its EGES scorers and blend) or an EGES row; None stays None."""
+        if row is None or isinstance(row, SplitChoices):
+            return row
+        blended = isinstance(row, BlendedRecommender)
+        eges = row.eges if blended else row
+        return cls(getattr(eges, "warm_scorer", None), getattr(eges, "cold_scorer", None),
+                   row.choice if blended else None)
+
+
+def evaluation_groups(config: PipelineConfig) -> list[tuple[str, ...]]:
+    """The evaluation's rows as independent groups (recsys.recommenders.lineup.row_groups): a task each."""
+    return row_groups(config.eval_rows)
+
+
+def evaluate_group(ds: Dataset, prep: PreparedEvaluation, config: PipelineConfig, names, log=print,
+                   run_chunks=None, train_processes: int = 1,
+                   run_ranges=None) -> tuple[list[RowResult], SplitChoices | None]:
+    """Fit and score these rows on the prepared protocol; (their results, the choices the final training
+    reuses when the group holds the shipped row or EGES)."""
+    rows = build_rows(names, config, run_chunks, train_processes)
+    results = evaluate_rows(ds, prep, rows, config.evaluation, log=log, run_ranges=run_ranges)
     by_name = {getattr(r, "name", ""): r for r in rows}
-    return report, by_name.get(SHIPPED_ROW) or by_name.get("EGES")
+    return results, SplitChoices.of(by_name.get(SHIPPED_ROW) or by_name.get("EGES"))
+
+
+def evaluation_report(ds: Dataset, prep: PreparedEvaluation, config: PipelineConfig,
+                      groups: list[tuple[list[RowResult], SplitChoices | None]]) -> tuple[EvaluationReport, SplitChoices | None]:
+    """The groups' rows as one table in lineup order, and the shipped row's choices (else EGES's)."""
+    order = {name: i for i, name in enumerate(ROW_NAMES)}
+    rows = sorted((row for results, _ in groups for row in results), key=lambda row: order.get(row.name, len(order)))
+    # one group holds EGES (and the shipped row, which needs it): the only one with choices
+    choices = next((chosen for _, chosen in groups if chosen is not None), None)
+    return report_of(ds, prep, config.evaluation, rows), choices
+
+
+def run_evaluation(ds: Dataset, config: PipelineConfig, log=print, run_chunks=None,
+                   train_processes: int = 1, run_ranges=None) -> tuple[EvaluationReport, SplitChoices | None]:
+    """The offline protocol on `ds` in this process; returns (report, the choices the final training reuses).
+
+    Those are the shipped blend's when evaluated (its EGES scorers and its blend), else EGES's.
+    run_chunks: where walks run; run_ranges: where the query chunks are scored (recsys/jobs/dask_*.py).
+    The flow on a Dask cluster runs `evaluation_groups` as tasks instead (flows/train_and_publish.py).
+    """
+    prep = prepare(ds, config.evaluation)
+    group = evaluate_group(ds, prep, config, config.eval_rows, log, run_chunks, train_processes, run_ranges)
+    return evaluation_report(ds, prep, config, [group])
 
 
 def train_final(ds: Dataset, config: PipelineConfig, chosen_from=None, progress: bool = True,
-                run_chunks=None, train_processes: int = 1) -> BlendedRecommender:
+                run_chunks=None, train_processes: int = 1, rendezvous=None) -> BlendedRecommender:
     """Train the shipped model on all purchases: EGES, its compressed index's blend with co-purchases.
+
+    rendezvous: train with ranks on other machines too (recsys.embed.distributed.Rendezvous, torchrun);
+    train_processes is then the ranks of this machine.
 
     When the evaluation already chose the scorers (and the blend) on its
     validation split, reuse those choices (one training instead of two).
     """
     rec = EGESRecommender(dataclasses.replace(config.train, mode="eges"), config.scoring, name="EGES",
                           graph=config.graph, session_gap_s=config.evaluation.session_gap_s, progress=progress,
-                          run_chunks=run_chunks, train_processes=train_processes)
-    eges_of_split = chosen_from.eges if isinstance(chosen_from, BlendedRecommender) else chosen_from
-    if eges_of_split is not None and getattr(eges_of_split, "warm_scorer", None) is not None:
-        rec.fit_with_scorers(ds, eges_of_split.warm_scorer, eges_of_split.cold_scorer)
+                          run_chunks=run_chunks, train_processes=train_processes, rendezvous=rendezvous)
+    chosen = SplitChoices.of(chosen_from)
+    if chosen is not None and chosen.warm_scorer is not None:
+        rec.fit_with_scorers(ds, chosen.warm_scorer, chosen.cold_scorer)
     else:
         rec.fit(ds)
     shipped = BlendedRecommender(CompressedRecommender(rec, config.index), config.blend, name=SHIPPED_ROW,
                                  session_gap_s=config.evaluation.session_gap_s)
-    choice = chosen_from.choice if isinstance(chosen_from, BlendedRecommender) else None
+    choice = chosen.blend_choice if chosen is not None else None
     shipped.prepare(ds, choice if choice is not None else shipped.choose(ds))
     return shipped
 
@@ -148,20 +197,23 @@ def shipped_metrics(report) -> dict:
 
 
 def build_parts(shipped: BlendedRecommender, ds: Dataset, config: PipelineConfig, metrics: dict,
-                extra_notes: dict | None = None, log=None, execution: dict | None = None) -> BundleParts:
+                extra_notes: dict | None = None, log=None, execution: dict | None = None,
+                fill_shards=None) -> BundleParts:
     """The bundle of the shipped model: EGES's model and scorers, the index, the blend, the training plots.
 
     The index is the smallest layout of the run's index check that keeps
     Recall@20 of exact search (recsys/jobs/index_check.py); its record goes
     into the manifest (`index_check`) and the metrics, where the promotion
-    gate reads it. With the check off, `config.index` as configured.
+    gate reads it. With the check off, `config.index` as configured. fill_shards: where a sharded
+    index's shards are filled (recsys.serving.shards.FillShards; a cluster's: recsys/jobs/dask_index.py).
     """
     rec = shipped.eges
     if rec.trained is None or shipped.warm_blend is None:
         raise ValueError(f"{shipped.name}: fit it before publishing")
     check = None
     if config.index_check.enabled:
-        check = check_model_index(rec, ds, config.index, config.index_check, config.evaluation, log=log)
+        check = check_model_index(rec, ds, config.index, config.index_check, config.evaluation, log=log,
+                                  fill_shards=fill_shards)
         metrics = {**metrics, "index_check": check.record}
         if log:
             log(f"index check: shipping {check.layout} ({check.record['bytes_per_item']} bytes/item, "
@@ -169,7 +221,7 @@ def build_parts(shipped: BlendedRecommender, ds: Dataset, config: PipelineConfig
     parts = parts_from_model(rec.trained, ds, rec.warm_scorer, rec.cold_scorer, log_popularity=rec.log_popularity,
                              index_config=check.config if check else config.index, metrics=metrics,
                              watermark=ds.watermark.as_dict() if ds.watermark else {},
-                             indexes=check.indexes if check else None)
+                             indexes=check.indexes if check else None, fill_shards=fill_shards)
     parts.index_check = check.record if check else None
     parts.execution = execution
     parts.graph = GraphEvidence.from_positions(parts.items.index_row, shipped.warm_blend, shipped.cold_blend,

@@ -65,15 +65,20 @@ def run_report_markdown(*, version: str, metrics: dict, previous: tuple[str, dic
                          f"{_fmt(metric(prev_metrics, 'warm', name), digits)} |")
     if execution:
         lines += ["", "## How it ran", ""]
-        if execution.get("task_runner") == "dask":
-            lines.append(f"Walks and evaluation queries on Dask ({execution.get('dask_address')}, "
-                         f"{execution.get('dask_workers')} workers, {execution.get('walk_chunks_on_dask')} walk chunks, "
-                         f"{execution.get('query_chunks_on_dask', 0)} query chunks); workers' peak memory (MB): "
-                         f"{execution.get('worker_peak_rss_mb') or '-'}. Training: "
-                         f"{execution.get('train_processes', 1)} process(es).")
+        if execution.get("task_runner") in ("dask", "prefect-dask"):
+            tasks = execution.get("evaluation_tasks") or []
+            lines.append(f"On Dask ({execution.get('dask_address')}, {execution.get('dask_workers')} workers): "
+                         f"{len(tasks)} evaluation tasks on Prefect's DaskTaskRunner, "
+                         f"{execution.get('walk_chunks_on_dask')} walk chunks, "
+                         f"{execution.get('query_chunks_on_dask', 0)} query chunks and "
+                         f"{execution.get('index_shards_on_dask', 0)} index shards as Dask tasks; workers' peak "
+                         f"memory (MB): {execution.get('worker_peak_rss_mb') or '-'}. Training: "
+                         f"{execution.get('train_processes', 1)} process(es) on {execution.get('train_nodes', 1)} "
+                         "node(s).")
         else:
             lines.append(f"On this machine: walks in the flow's process, training on "
-                         f"{execution.get('train_processes', 1)} process(es).")
+                         f"{execution.get('train_processes', 1)} process(es) on {execution.get('train_nodes', 1)} "
+                         "node(s).")
     lines += ["", "## Timings (s)", "", "| stage | seconds |", "|---|---|"]
     lines += [f"| {name} | {seconds:.1f} |" for name, seconds in stages.items()]
     if plots:

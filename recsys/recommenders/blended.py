@@ -196,8 +196,14 @@ class PoolEntries:
         return recall, float(len(np.unique(self.items[top])) / max(self.n_columns, 1))
 
 
+# memory for one chunk of a pool pass: about ten dense (queries x items) arrays live at once (scores, masks,
+# co-purchase rows, their float64 copies); at 1M items 512 queries a chunk took over 20 GB
+POOL_CHUNK_BYTES = 1 << 30
+
+
 def pool_entries(segment: _Segment, queries: QuerySet, mask_anchor: bool, chunk: int = 512) -> PoolEntries:
     """The pools of a query set with each member's blend features (`recsys/blend.py`), in one pass."""
+    chunk = max(1, min(chunk, POOL_CHUNK_BYTES // (40 * max(1, len(segment.candidates)))))
     feats: list[list[np.ndarray]] = [[] for _ in FEATURES]
     groups, items, target_of = [], [], []
     for lo in range(0, queries.n_queries, chunk):

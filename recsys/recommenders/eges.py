@@ -19,7 +19,7 @@ from recsys.data.dataset import Dataset
 from recsys.data.graph import GraphConfig, ItemGraph, build_item_graph
 from recsys.data.sessions import make_baskets
 from recsys.embed.model import item_features
-from recsys.embed.distributed import train_data_parallel
+from recsys.embed.distributed import train_data_parallel, train_on_torchrun
 from recsys.embed.train import TrainConfig, train_embeddings
 from recsys.embed.trained import TrainedModel
 from recsys.evaluation.metrics import score_query_variants
@@ -81,7 +81,8 @@ class EGESRecommender:
 
     def __init__(self, train: TrainConfig | None = None, scoring: ScorerConfig | None = None, *,
                  mode: str | None = None, name: str | None = None, graph: GraphConfig | None = None,
-                 session_gap_s: int = 3600, progress: bool = False, run_chunks=None, train_processes: int = 1):
+                 session_gap_s: int = 3600, progress: bool = False, run_chunks=None, train_processes: int = 1,
+                 rendezvous=None):
         train = train or TrainConfig()
         if mode is not None:
             train = dataclasses.replace(train, mode=mode)
@@ -95,6 +96,7 @@ class EGESRecommender:
         self.progress = progress
         self.run_chunks = run_chunks  # where walk chunks run (None: here); recsys.data.walks.iter_walks
         self.train_processes = train_processes  # > 1: data-parallel ranks (recsys/embed/distributed.py)
+        self.rendezvous = rendezvous  # with ranks on other machines too: torchrun (distributed.Rendezvous)
         self.trained: TrainedModel | None = None
         self.warm_scorer: Scorer | None = None
         self.cold_scorer: Scorer | None = None
@@ -105,6 +107,9 @@ class EGESRecommender:
     # -- training ------------------------------------------------------------
     def _train(self, ds: Dataset) -> TrainedModel:
         graph = build_item_graph(ds, make_baskets(ds, self.session_gap_s), self.graph_config)
+        if self.rendezvous is not None and self.config.resolved_engine() == "numba":
+            return train_on_torchrun(ds, graph, self.config, self.train_processes, self.rendezvous,
+                                     run_chunks=self.run_chunks)
         if self.train_processes > 1 and self.config.resolved_engine() == "numba":
             return train_data_parallel(ds, graph, self.config, self.train_processes, run_chunks=self.run_chunks)
         return train_embeddings(ds, graph, self.config, progress=self.progress, run_chunks=self.run_chunks)

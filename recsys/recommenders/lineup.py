@@ -77,13 +77,7 @@ ROW_NAMES = tuple(r.name for r in ROWS)
 NIGHTLY_ROWS = tuple(r.name for r in ROWS if r.nightly)
 
 
-def build_rows(names: Sequence[str], settings: RowSettings, run_chunks=None,
-               train_processes: int = 1) -> list[Recommender]:
-    """The recommenders of these rows (names matched case-insensitively), in lineup order.
-
-    run_chunks: where the embedding rows' walk chunks run (recsys.data.walks.iter_walks; None: here);
-    train_processes: data-parallel training ranks of the embedding rows (recsys/embed/distributed.py).
-    """
+def _with_needs(names: Sequence[str]) -> set[str]:
     by_name = {r.name.lower(): r for r in ROWS}
     unknown = [n for n in names if n.lower() not in by_name]
     if unknown:
@@ -94,6 +88,43 @@ def build_rows(names: Sequence[str], settings: RowSettings, run_chunks=None,
         if name not in wanted:
             wanted.add(name)
             todo += [need.lower() for need in by_name[name].needs]
+    return wanted
+
+
+def row_groups(names: Sequence[str]) -> list[tuple[str, ...]]:
+    """These rows (with the rows they reuse) as independent groups, in lineup order: rows linked by `needs`
+    share a group, and each group can be fitted and scored apart from the others (a task each on a cluster)."""
+    wanted = _with_needs(names)
+    group_of: dict[str, int] = {}
+    groups: list[list[str]] = []
+    for row in ROWS:
+        if row.name.lower() not in wanted:
+            continue
+        joined = {group_of[n.lower()] for n in row.needs}
+        if not joined:
+            group_of[row.name.lower()] = len(groups)
+            groups.append([row.name])
+            continue
+        first, *rest = sorted(joined)
+        for other in rest:  # a row needing two groups joins them
+            groups[first] += groups[other]
+            for n in groups[other]:
+                group_of[n.lower()] = first
+            groups[other] = []
+        groups[first].append(row.name)
+        group_of[row.name.lower()] = first
+    order = {r.name: i for i, r in enumerate(ROWS)}
+    return [tuple(sorted(g, key=order.get)) for g in groups if g]
+
+
+def build_rows(names: Sequence[str], settings: RowSettings, run_chunks=None,
+               train_processes: int = 1) -> list[Recommender]:
+    """The recommenders of these rows (names matched case-insensitively), in lineup order.
+
+    run_chunks: where the embedding rows' walk chunks run (recsys.data.walks.iter_walks; None: here);
+    train_processes: data-parallel training ranks of the embedding rows (recsys/embed/distributed.py).
+    """
+    wanted = _with_needs(names)
     built: dict[str, Recommender] = {}
     for row in ROWS:
         if row.name.lower() in wanted:

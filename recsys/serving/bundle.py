@@ -272,7 +272,7 @@ def cold_start_vectors(model: ModelTables, codes: np.ndarray) -> np.ndarray:
 def parts_from_model(trained, ds, warm_scorer: Scorer, cold_scorer: Scorer | None = None, *,
                      log_popularity: np.ndarray | None = None, candidates: np.ndarray | None = None,
                      index_config=None, metrics: dict | None = None, watermark: dict | None = None,
-                     index_class=None, indexes: dict | None = None) -> BundleParts:
+                     index_class=None, indexes: dict | None = None, fill_shards=None) -> BundleParts:
     """Bundle parts of a trained model: builds the index(es) over the candidate items.
 
     trained: recsys.embed.trained.TrainedModel; ds: the Dataset it was trained
@@ -305,7 +305,7 @@ def parts_from_model(trained, ds, warm_scorer: Scorer, cold_scorer: Scorer | Non
         indexes = build_scorer_indexes(trained.item_vectors[rows], trained.context_vectors[rows],
                                        log_popularity[rows],
                                        lambda: cold_start_vectors(model, trained.item_feature_codes[rows]),
-                                       warm_scorer, cold_scorer, index_config, index_class)
+                                       warm_scorer, cold_scorer, index_config, index_class, fill_shards)
     scorers = {"warm": warm_scorer.to_dict(), "cold": cold_scorer.to_dict()}
     items = ItemTable(
         item_ids=np.asarray([str(x) for x in ds.item_ids.tolist()], dtype=np.str_),

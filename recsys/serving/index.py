@@ -213,25 +213,26 @@ def _no_polysemous_training(index: faiss.Index) -> None:
         _no_polysemous_training(index.index)
 
 
-def _train_and_add(factory: str, vectors: np.ndarray, sample: np.ndarray, shards: int = 1) -> tuple[faiss.Index, int]:
+def _train_and_add(factory: str, vectors: np.ndarray, sample: np.ndarray, shards: int = 1,
+                   fill_shards=None) -> tuple[faiss.Index, int]:
     index, width = _new_index(factory, vectors.shape[1])
     _no_polysemous_training(index)
     if not index.is_trained:
         index.train(_pad(vectors[sample], width))
     if shards > 1:  # copies of the one trained index, each filled with its item range
-        return ShardedCodes.fill(index, _pad(vectors, width), shards), width
+        return ShardedCodes.fill(index, _pad(vectors, width), shards, fill_shards), width
     index.add(_pad(vectors, width))
     return index, width
 
 
 def _build_codec(factory: str, small_factory: str, vectors: np.ndarray, sample: np.ndarray,
-                 shards: int = 1) -> tuple[faiss.Index, int, str]:
+                 shards: int = 1, fill_shards=None) -> tuple[faiss.Index, int, str]:
     """Train and fill `factory`; fall back to `small_factory` when there are too few vectors to train it."""
     try:
-        index, width = _train_and_add(factory, vectors, sample, shards)
+        index, width = _train_and_add(factory, vectors, sample, shards, fill_shards)
         return index, width, factory
     except RuntimeError:  # FAISS: fewer training points than centroids (tiny catalogues)
-        index, width = _train_and_add(small_factory, vectors, sample, shards)
+        index, width = _train_and_add(small_factory, vectors, sample, shards, fill_shards)
         return index, width, small_factory
 
 
@@ -326,8 +327,12 @@ class SimilarityIndex:
     # -- building ----------------------------------------------------------------
     @classmethod
     def build(cls, item_matrix: np.ndarray, query_matrix: np.ndarray | None,
-              config: IndexConfig | None = None, query_basis: np.ndarray | None = None) -> "SimilarityIndex":
+              config: IndexConfig | None = None, query_basis: np.ndarray | None = None,
+              fill_shards=None) -> "SimilarityIndex":
         """Train and fill the index; query_matrix row i is item i's query vector (None = no query side).
+
+        fill_shards: where a sharded index's shards are filled (recsys.serving.shards.FillShards; default
+        here, in this process).
 
         A coded query side stores what a linear map of the item's own decoded
         candidate row (and of `query_basis`, per-item vectors the caller can
@@ -357,7 +362,8 @@ class SimilarityIndex:
         factory, positions, width = _candidate_layout(config, n, dim, prior)
         placed = _place(items, positions, width)
         shards = min(int(config.shards), n)
-        candidates, width, factory_used = _build_codec(factory, config.small_factory, placed, sample, shards)
+        candidates, width, factory_used = _build_codec(factory, config.small_factory, placed, sample, shards,
+                                                       fill_shards)
         rerank = _build_codec(config.rerank, config.small_factory, placed, sample)[0] if config.rerank else None
 
         # query side: constant columns are kept as numbers, the rest coded (or shared with the candidates)
@@ -779,7 +785,8 @@ def measure_recall(index: SimilarityIndex, item_matrix: np.ndarray, queries: np.
 
 def build_scorer_indexes(item_vectors: np.ndarray, context_vectors: np.ndarray, log_pop: np.ndarray,
                          cold_vectors: Callable[[], np.ndarray], warm_scorer: Scorer, cold_scorer: Scorer,
-                         config: IndexConfig | None = None, index_class=None) -> dict[str, "SimilarityIndex"]:
+                         config: IndexConfig | None = None, index_class=None,
+                         fill_shards=None) -> dict[str, "SimilarityIndex"]:
     """The indexes a version serves: "warm", and "cold" only when the cold scorer ranks other candidates.
 
     Warm queries are the indexed items' own vectors; cold queries their
@@ -793,8 +800,9 @@ def build_scorer_indexes(item_vectors: np.ndarray, context_vectors: np.ndarray, 
     index_class = index_class or SimilarityIndex
     side = np.asarray(cold_vectors(), np.float32)
     indexes = {"warm": index_class.build(warm_scorer.item_matrix(item_vectors, context_vectors, log_pop),
-                                         warm_scorer.query_matrix(item_vectors), config, query_basis=side)}
+                                         warm_scorer.query_matrix(item_vectors), config, query_basis=side,
+                                         fill_shards=fill_shards)}
     if cold_scorer.candidate_key != warm_scorer.candidate_key:
         indexes["cold"] = index_class.build(cold_scorer.item_matrix(item_vectors, context_vectors, log_pop),
-                                            cold_scorer.query_matrix(side), config)
+                                            cold_scorer.query_matrix(side), config, fill_shards=fill_shards)
     return indexes

@@ -17,6 +17,7 @@ path). Each shard is one file, `candidates.<i>.faiss`, of the index folder.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 import faiss
 import numpy as np
@@ -68,6 +69,25 @@ def shard_bounds(n_items: int, n_shards: int) -> np.ndarray:
     return np.linspace(0, n_items, n_shards + 1).round().astype(np.int64)
 
 
+def fill_shard(trained: faiss.Index, vectors: np.ndarray, start: int) -> faiss.Index:
+    """A copy of the trained index holding `vectors`, the items start, start + 1, ...: one shard."""
+    shard = faiss.clone_index(trained)
+    if _ivf(shard) is not None:
+        shard.add_with_ids(vectors, np.arange(start, start + len(vectors), dtype=np.int64))
+    else:
+        shard.add(vectors)
+    return shard
+
+
+def fill_here(trained: faiss.Index, vectors: np.ndarray, ranges: list[tuple[int, int]]) -> list[faiss.Index]:
+    """The shards of these item ranges, filled in this process (the FillShards of one machine)."""
+    return [fill_shard(trained, vectors[start:stop], start) for start, stop in ranges]
+
+
+# (trained empty index, all vectors, item ranges) -> one filled shard per range
+FillShards = Callable[[faiss.Index, np.ndarray, list[tuple[int, int]]], list[faiss.Index]]
+
+
 class ShardedCodes:
     """The candidate side as N FAISS shards over item ranges (duck-types the parts of faiss.Index used)."""
 
@@ -87,21 +107,25 @@ class ShardedCodes:
         for shard in self.shards:
             self._merged.add_shard(shard)
 
+    def __getstate__(self):  # faiss.IndexShards does not serialise: its shards do (a cluster's tasks copy it)
+        return {"shards": [faiss.serialize_index(shard) for shard in self.shards], "bounds": self.bounds}
+
+    def __setstate__(self, state):
+        self.__init__([faiss.deserialize_index(shard) for shard in state["shards"]], state["bounds"])
+
     @classmethod
-    def fill(cls, trained: faiss.Index, vectors: np.ndarray, n_shards: int) -> "ShardedCodes":
-        """Copies of the trained (empty) index, each filled with its range of `vectors`."""
+    def fill(cls, trained: faiss.Index, vectors: np.ndarray, n_shards: int,
+             fill_shards: "FillShards | None" = None) -> "ShardedCodes":
+        """Copies of the trained (empty) index, each filled with its range of `vectors`.
+
+        fill_shards: where the shards are filled (`fill_here`, or a cluster's tasks:
+        recsys/jobs/dask_index.py); the codes are the same wherever they are computed.
+        """
         if trained.ntotal:
             raise ValueError("fill() wants the trained index before any vector was added")
         bounds = shard_bounds(len(vectors), n_shards)
-        shards = []
-        for start, stop in zip(bounds[:-1], bounds[1:]):
-            shard = faiss.clone_index(trained)
-            if _ivf(shard) is not None:
-                shard.add_with_ids(vectors[start:stop], np.arange(start, stop, dtype=np.int64))
-            else:
-                shard.add(vectors[start:stop])
-            shards.append(shard)
-        return cls(shards, bounds)
+        ranges = list(zip(bounds[:-1].tolist(), bounds[1:].tolist()))
+        return cls((fill_shards or fill_here)(trained, vectors, ranges), bounds)
 
     # -- what SimilarityIndex uses of a faiss.Index ------------------------------------------
     @property
