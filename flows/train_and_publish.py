@@ -18,6 +18,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.tasks import exponential_backoff
 
 from recsys.config import get_settings
+from recsys.embed.distributed import Rendezvous
 from recsys.errors import UserError
 from recsys.ingest.db import get_engine, is_transient
 from recsys.ingest.extract import SMALLEST_TRAINABLE, extract_configured
@@ -238,8 +239,6 @@ def publish_artifacts(version: str, metrics: dict, ds, stages: dict, promoted: b
 
 
 def _rendezvous(train_nodes: int, rdzv_endpoint: str | None):
-    from recsys.embed.distributed import Rendezvous
-
     if train_nodes < 1:
         raise UserError(f"--train-nodes must be >= 1, got {train_nodes}")
     if train_nodes == 1 and not rdzv_endpoint:

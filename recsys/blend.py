@@ -181,17 +181,6 @@ class CoPurchases:
         return int(self.indptr.nbytes + self.items.nbytes + self.weight.nbytes)
 
 
-def pool_mask(scores: np.ndarray, pool: int, partners: np.ndarray) -> np.ndarray:
-    """(q, n) bool: the `pool` best-scored columns of each row, plus its co-purchase partners (> 0)."""
-    q, n = scores.shape
-    mask = partners > 0
-    take = min(pool, n)
-    if take:
-        top = np.argpartition(-scores, take - 1, axis=1)[:, :take] if take < n else np.tile(np.arange(n), (q, 1))
-        np.put_along_axis(mask, top, True, axis=1)
-    return mask
-
-
 OUTSIDE_GAP = 1000.0  # below the pool by more than any popularity term of a blend: pool members stay first
 
 

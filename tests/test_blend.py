@@ -7,12 +7,12 @@ import scipy.sparse as sp
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from recsys.blend import Blend, CoPurchases, pool_mask, rank_outside_pool
+from recsys.blend import Blend, CoPurchases, rank_outside_pool
 from recsys.data.cooccurrence import DAY_S, basket_weights, copurchase_matrix, top_partners
 from recsys.data.synthetic import ShopConfig, generate_shop
 from recsys.embed.train import TrainConfig
 from recsys.jobs.pipeline import PipelineConfig, build_parts, train_final
-from recsys.recommenders.blended import BlendConfig, BlendedRecommender, fit_weights
+from recsys.recommenders.blended import BlendConfig, BlendedRecommender, fit_weights, pool_mask
 from recsys.recommenders.compressed import CompressedRecommender
 from recsys.recommenders.eges import EGESRecommender, ScorerConfig
 from recsys.serving.bundle import open_bundle, write_bundle
@@ -200,3 +200,85 @@ def test_the_validation_shortcut_measures_what_the_evaluator_measures(shop):
     full = score_queries(segment.scores, prep.warm_queries, prep.columns, ds.n_items, (20,), mask_anchor=True)
     assert recall == pytest.approx(full.recall[20], abs=1e-9)
     assert coverage == pytest.approx(full.coverage[20], abs=1e-9)
+
+
+def _dense_pool_entries(segment, queries, mask_anchor):
+    """The pool pass as it was written first, over dense (queries x items) arrays: the reference."""
+    from recsys.blend import FEATURES
+    from recsys.recommenders.blended import PoolEntries
+
+    feats = [[] for _ in FEATURES]
+    groups, items, target_of = [], [], []
+    for lo in range(0, queries.n_queries, 7):
+        hi = min(lo + 7, queries.n_queries)
+        anchors = queries.anchors[lo:hi]
+        emb, co, same, support, in_pool = segment.features(anchors)
+        if mask_anchor:
+            in_pool[np.arange(hi - lo), anchors] = False
+        target = np.zeros_like(in_pool)
+        t_rows = np.repeat(np.arange(hi - lo), np.diff(queries.indptr[lo:hi + 1]))
+        target[t_rows, queries.targets[queries.indptr[lo]:queries.indptr[hi]]] = True
+        q_idx, b_idx = np.nonzero(in_pool)
+        c = co[q_idx, b_idx]
+        pop = segment.log_pop[b_idx]
+        for j, values in enumerate((emb[q_idx, b_idx], pop, c, same[q_idx, b_idx], c * support[q_idx, 0],
+                                    pop * (c > 0))):
+            feats[j].append(values.astype(np.float64))
+        groups.append(q_idx + lo)
+        items.append(b_idx)
+        target_of.append(target[q_idx, b_idx])
+    return PoolEntries(np.stack([np.concatenate(f) for f in feats], axis=1), np.concatenate(groups),
+                       np.concatenate(items), np.concatenate(target_of), np.diff(queries.indptr).astype(np.int64),
+                       int(segment.candidates.sum()))
+
+
+@pytest.mark.parametrize("cold", [False, True])
+def test_the_pool_pass_looks_up_members_and_equals_the_dense_pass(cold):
+    """pool_entries scores densely only to pick the embedding's best; the members' features are looked up.
+    Entry for entry it equals the dense pass (ties in the embedding scores included)."""
+    from recsys.blend import Blend, CoPurchases
+    from recsys.evaluation.queries import QuerySet
+    from recsys.recommenders.blended import _Segment, pool_entries
+
+    rng = np.random.default_rng(4)
+    n, n_anchors, q = 300, (12 if cold else 300), 40
+    scores = np.round(rng.normal(size=(n_anchors, n)), 1).astype(np.float32)  # rounded: many ties
+
+    def lists(width):
+        indptr = np.r_[0, np.cumsum(rng.integers(0, width, n_anchors))]
+        items = np.concatenate([np.sort(rng.choice(n, indptr[i + 1] - indptr[i], replace=False))
+                                for i in range(n_anchors)]).astype(np.int32)
+        weight = np.where(rng.random(len(items)) < 0.1, 0.0, rng.gamma(1.0, 1.0, len(items))).astype(np.float32)
+        return CoPurchases(indptr, items, weight, n)
+
+    category = rng.integers(0, 12, n)
+    candidates = rng.random(n) < 0.8
+    anchors = rng.integers(0, n, q)
+    lengths = rng.integers(1, 5, q)
+    queries = QuerySet(anchors.astype(np.int64), np.r_[0, np.cumsum(lengths)].astype(np.int64),
+                       rng.integers(0, n, lengths.sum()).astype(np.int64), q)
+    anchor_of = (lambda a: category[a]) if cold else (lambda a: a)
+    segment = _Segment(lambda a: scores[anchor_of(a)], lists(30), anchor_of, rng.random(n_anchors).astype(np.float32),
+                       category, rng.random(n).astype(np.float32), candidates, Blend(pool=25), 0 if cold else 1,
+                       lists(20) if cold else None)
+    got, want = pool_entries(segment, queries, not cold), _dense_pool_entries(segment, queries, not cold)
+    np.testing.assert_array_equal(got.groups, want.groups)
+    np.testing.assert_array_equal(got.items, want.items)
+    np.testing.assert_array_equal(got.target, want.target)
+    np.testing.assert_array_equal(got.features, want.features)
+    assert got.target.sum() > 0 and len(got.groups) > q * 25
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 40), st.integers(0, 45), st.integers(0, 10_000))
+def test_top_columns_are_a_stable_sorts_first_allowed_columns(n, take, seed):
+    """The pool's best columns: score descending, ties to the lower column, only allowed columns."""
+    from recsys.evaluation.ranking import top_columns
+
+    rng = np.random.default_rng(seed)
+    scores = rng.integers(-3, 3, (4, n)).astype(np.float32)  # small integers: many ties
+    allowed = rng.random(n) < 0.7
+    got = top_columns(scores, allowed, take)
+    for r in range(4):
+        order = [j for j in np.argsort(-scores[r], kind="stable") if allowed[j]][:take]
+        assert got[r].tolist() == order + [-1] * (take - len(order))

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.optimize import minimize
 
-from recsys.blend import FEATURES, Blend, CoPurchases, pool_mask, rank_outside_pool
+from recsys.blend import FEATURES, Blend, CoPurchases, rank_outside_pool
 from recsys.data.cooccurrence import (DAY_S, category_best_sellers, category_partners, copurchase_matrix,
                                       top_partners)
 from recsys.data.dataset import Dataset
@@ -44,6 +44,7 @@ from recsys.embed.trained import TrainedModel
 from recsys.evaluation.metrics import score_queries
 from recsys.evaluation.protocol import PreparedEvaluation, prepare
 from recsys.evaluation.queries import QuerySet
+from recsys.evaluation.ranking import top_columns
 from recsys.recommenders.compressed import CompressedRecommender
 from recsys.recommenders.eges import EGESRecommender
 from recsys.vectors import Scorer, log_popularity
@@ -101,6 +102,17 @@ def _half_life_days(share: float | None, ds: Dataset) -> float | None:
     return None if share is None else share * _span_days(ds)
 
 
+def pool_mask(scores: np.ndarray, pool: int, partners: np.ndarray, allowed: np.ndarray | None = None) -> np.ndarray:
+    """(q, n) bool: the `pool` best-scored allowed columns of each row (ties to the lower column), plus its
+    allowed co-purchase partners (> 0)."""
+    allowed = np.ones(scores.shape[1], bool) if allowed is None else allowed
+    mask = (partners > 0) & allowed[None, :]
+    top = top_columns(scores, allowed, min(pool, scores.shape[1]))
+    rows, where = np.nonzero(top >= 0)
+    mask[rows, top[rows, where]] = True
+    return mask
+
+
 START = (1.0, 0.0, 0.0, 0.0, 0.0, 0.0)  # the fit starts from the embedding's own ranking
 
 
@@ -117,10 +129,9 @@ class _Segment:
 
     def features(self, anchors: np.ndarray):
         emb = np.asarray(self.embed_fn(anchors), np.float32)
-        emb_pool = np.where(self.candidates[None, :], emb, -np.inf)
         co = self.lists.dense(self.anchor_of(anchors))
         co[:, ~self.candidates] = 0.0
-        in_pool = pool_mask(emb_pool, self.blend.pool + self.extra_pool, co)
+        in_pool = pool_mask(emb, self.blend.pool + self.extra_pool, co, self.candidates)
         if self.members is not None:
             in_pool |= self.members.dense(self.anchor_of(anchors)) > 0
         in_pool &= self.candidates[None, :]
@@ -130,6 +141,38 @@ class _Segment:
 
     def scores(self, anchors: np.ndarray) -> np.ndarray:
         return self.scores_from(self.features(anchors))
+
+    def pool_members(self, anchors: np.ndarray, mask_anchor: bool):
+        """The pools of `features` as (query row, member) pairs, row-major with members ascending (the order
+        of np.nonzero over its dense mask), with each pair's features.
+
+        Only the embedding scores are dense (they pick the `pool` best); co-purchases, shared category and
+        the rest are looked up for the members alone: at 1M items the dense pass held about ten
+        (queries x items) arrays at once, this one the scores.
+        """
+        emb = np.asarray(self.embed_fn(anchors), np.float32)
+        q, n = emb.shape
+        # the same best columns as pool_mask (ties to the lower column)
+        parts = [top_columns(emb, self.candidates, min(self.blend.pool + self.extra_pool, n))]
+        keys = self.anchor_of(anchors)
+        for lists in (self.lists, self.members):
+            if lists is None:
+                continue
+            listed = lists.padded(keys)
+            weight = lists.lookup(keys, listed)
+            parts.append(np.where(weight > 0, listed, -1))  # a member by a positive weight, as in the dense mask
+        cols = np.concatenate(parts, axis=1)
+        cols = np.sort(cols, axis=1)
+        keep = cols >= 0
+        keep[:, 1:] &= cols[:, 1:] != cols[:, :-1]  # each member once
+        keep &= self.candidates[np.maximum(cols, 0)]
+        if mask_anchor:
+            keep &= cols != anchors[:, None]
+        rows, where = np.nonzero(keep)
+        members = cols[rows, where]
+        co = self.lists.lookup(keys[rows], members[:, None])[:, 0]
+        same = ((self.category[members] == self.category[anchors[rows]]) & (self.category[anchors[rows]] > 0))
+        return rows, members, emb[rows, members], co, same.astype(np.float32), self.support[keys][rows]
 
     def scores_from(self, features, blend: Blend | None = None) -> np.ndarray:
         emb, co, same, support, in_pool = features
@@ -196,34 +239,30 @@ class PoolEntries:
         return recall, float(len(np.unique(self.items[top])) / max(self.n_columns, 1))
 
 
-# memory for one chunk of a pool pass: about ten dense (queries x items) arrays live at once (scores, masks,
-# co-purchase rows, their float64 copies); at 1M items 512 queries a chunk took over 20 GB
+# memory for one chunk of a pool pass: its dense (queries x items) embedding scores (4 bytes an entry, some
+# slack); at 1M items the first version's 512 queries a chunk took over 20 GB
 POOL_CHUNK_BYTES = 1 << 30
 
 
 def pool_entries(segment: _Segment, queries: QuerySet, mask_anchor: bool, chunk: int = 512) -> PoolEntries:
     """The pools of a query set with each member's blend features (`recsys/blend.py`), in one pass."""
-    chunk = max(1, min(chunk, POOL_CHUNK_BYTES // (40 * max(1, len(segment.candidates)))))
+    chunk = max(1, min(chunk, POOL_CHUNK_BYTES // (8 * max(1, len(segment.candidates)))))
     feats: list[list[np.ndarray]] = [[] for _ in FEATURES]
     groups, items, target_of = [], [], []
     for lo in range(0, queries.n_queries, chunk):
         hi = min(lo + chunk, queries.n_queries)
         anchors = queries.anchors[lo:hi]
-        emb, co, same, support, in_pool = segment.features(anchors)
-        if mask_anchor:
-            in_pool[np.arange(hi - lo), anchors] = False
-        target = np.zeros_like(in_pool)
+        rows, members, emb, co, same, support = segment.pool_members(anchors, mask_anchor)
+        # a member is a target when (row, member) is one of the chunk's (query, target) pairs
         t_rows = np.repeat(np.arange(hi - lo), np.diff(queries.indptr[lo:hi + 1]))
-        target[t_rows, queries.targets[queries.indptr[lo]:queries.indptr[hi]]] = True
-        q_idx, b_idx = np.nonzero(in_pool)
-        c = co[q_idx, b_idx]
-        pop = segment.log_pop[b_idx]
-        for j, values in enumerate((emb[q_idx, b_idx], pop, c, same[q_idx, b_idx], c * support[q_idx, 0],
-                                    pop * (c > 0))):
-            feats[j].append(values.astype(np.float64))
-        groups.append(q_idx + lo)
-        items.append(b_idx)
-        target_of.append(target[q_idx, b_idx])
+        t_keys = np.unique(t_rows * np.int64(segment.candidates.size) + queries.targets[queries.indptr[lo]:queries.indptr[hi]])
+        keys = rows * np.int64(segment.candidates.size) + members
+        pop = segment.log_pop[members]
+        for j, values in enumerate((emb, pop, co, same, co * support, pop * (co > 0))):
+            feats[j].append(np.asarray(values, np.float64))
+        groups.append(rows + lo)
+        items.append(members)
+        target_of.append(np.isin(keys, t_keys))
     return PoolEntries(np.stack([np.concatenate(f) for f in feats], axis=1), np.concatenate(groups),
                        np.concatenate(items), np.concatenate(target_of), np.diff(queries.indptr).astype(np.int64),
                        int(segment.candidates.sum()))
