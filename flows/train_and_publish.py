@@ -238,7 +238,8 @@ def publish_artifacts(version: str, metrics: dict, ds, stages: dict, promoted: b
     return markdown
 
 
-def _rendezvous(train_nodes: int, rdzv_endpoint: str | None):
+def rendezvous_of(train_nodes: int, rdzv_endpoint: str | None) -> Rendezvous | None:
+    """Where the training ranks of several machines meet (None: this machine only); a UserError when unclear."""
     if train_nodes < 1:
         raise UserError(f"--train-nodes must be >= 1, got {train_nodes}")
     if train_nodes == 1 and not rdzv_endpoint:
@@ -271,7 +272,7 @@ def train_and_publish(database_url: str | None = None, config: dict | None = Non
     """
     if int(train_processes) < 1:
         raise UserError(f"--train-processes must be >= 1, got {train_processes}")
-    rendezvous = _rendezvous(int(train_nodes), rdzv_endpoint)
+    rendezvous = rendezvous_of(int(train_nodes), rdzv_endpoint)
     execution = Execution.resolve(dask_address, dask_workers)
     logger = get_run_logger()
     cfg = pipeline.PipelineConfig.from_dict(config)

@@ -298,3 +298,20 @@ def test_a_sharded_index_survives_a_copy_to_another_process():
     copy = pickle.loads(pickle.dumps(sharded))
     np.testing.assert_array_equal(copy.bounds, sharded.bounds)
     np.testing.assert_array_equal(copy.search(vectors[:20], 5)[1], sharded.search(vectors[:20], 5)[1])
+
+
+def test_training_on_several_machines_needs_a_rendezvous_endpoint():
+    from flows.train_and_publish import rendezvous_of
+    from recsys.errors import UserError
+
+    assert rendezvous_of(1, None) is None
+    with pytest.raises(UserError, match="--rdzv-endpoint HOST:PORT"):
+        rendezvous_of(2, None)
+    with pytest.raises(UserError, match="HOST:PORT"):
+        rendezvous_of(2, "10.0.0.5")
+    with pytest.raises(UserError, match=">= 1"):
+        rendezvous_of(0, None)
+    meet = rendezvous_of(3, "10.0.0.5:29400")
+    args = meet.torchrun_args(4)
+    assert meet.nodes == 3 and "--nnodes=3" in args and "--nproc-per-node=4" in args
+    assert "--rdzv-endpoint=10.0.0.5:29400" in args and "--rdzv-backend=c10d" in args

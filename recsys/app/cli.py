@@ -339,8 +339,10 @@ def train(force, dim, epochs, threads, max_queries, all_rows, min_warm_recall, m
 
     Execution.resolve(dask_address, dask_workers)  # conflicting options: one paragraph before the flow starts
 
-    from flows.train_and_publish import train_and_publish
+    from flows.train_and_publish import rendezvous_of, train_and_publish
     from recsys.recommenders.lineup import ROW_NAMES
+
+    rendezvous_of(train_nodes, rdzv_endpoint)  # --train-nodes without an endpoint: said before the flow starts
 
     config = {"seed": seed, "evaluation": {"max_queries": max_queries}, "train": {}}
     if dim:
