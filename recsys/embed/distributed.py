@@ -56,7 +56,8 @@ import torch.multiprocessing as mp
 from recsys.data.walks import round_chunks, serial_chunks
 from recsys.embed.train import train_embeddings
 
-RANK_TIMEOUT = dt.timedelta(seconds=300)  # a rank that stops answering fails the others' all-reduce
+# a rank that stops answering fails the others' collectives after this long (RECSYS_RANK_TIMEOUT_S overrides)
+RANK_TIMEOUT = dt.timedelta(seconds=float(os.environ.get("RECSYS_RANK_TIMEOUT_S", 300)))
 # sums of the ranks' updates per epoch: once an epoch, 2 ranks lost 6% of Ta-Feng's warm Recall@20 (each
 # rank trained a whole epoch without the other's updates); 16 was the one other value tried (Ta-Feng only)
 SUMS_PER_EPOCH = 16
