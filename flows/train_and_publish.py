@@ -84,11 +84,11 @@ def screen(ds, config: pipeline.PipelineConfig):
 
 
 @task(cache_policy=NO_CACHE)
-def evaluate(ds, config: pipeline.PipelineConfig, run_chunks=None, train_processes: int = 1, run_ranges=None):
+def evaluate(ds, config: pipeline.PipelineConfig, train_processes: int = 1):
+    """The evaluation in the flow's process (on a cluster: `evaluate_on_cluster`)."""
     logger = get_run_logger()
     with _data_size_errors(ds):
-        report, chosen = pipeline.run_evaluation(ds, config, log=logger.info, run_chunks=run_chunks,
-                                                 train_processes=train_processes, run_ranges=run_ranges)
+        report, chosen = pipeline.run_evaluation(ds, config, log=logger.info, train_processes=train_processes)
     logger.info("evaluation:\n%s", report.to_table())
     return report, chosen
 
@@ -140,12 +140,13 @@ def evaluate_on_cluster(ds, config: pipeline.PipelineConfig, run_chunks, train_p
                    for names in groups]
         done = [future.result() for future in futures]
     report, chosen = pipeline.evaluation_report(ds, prep, config, [(rows, c) for rows, c, _ in done])
+    walks = sum(d["walk_chunks"] for _, _, d in done)
+    run_chunks.chunks_run += walks  # the run's count (dask_runner's record)
     how["evaluation_tasks"] = [list(names) for names in groups]
-    run_chunks.chunks_run += sum(d["walk_chunks"] for _, _, d in done)  # the run's count (dask_runner's record)
-    how["query_chunks_on_dask"] += sum(d["query_chunks"] for _, _, d in done)
+    how["query_chunks_on_dask"] = sum(d["query_chunks"] for _, _, d in done)
     how["rows_scored_in_task"] = [row for _, _, d in done for row in d["rows_scored_in_task"]]
     logger.info("evaluation on Dask: %s tasks, %s walk chunks, %s query chunks; peak memory of the tasks' "
-                "workers (MB): %s", len(groups), sum(d["walk_chunks"] for _, _, d in done), how["query_chunks_on_dask"],
+                "workers (MB): %s", len(groups), walks, how["query_chunks_on_dask"],
                 [d["peak_rss_mb"] for _, _, d in done])
     logger.info("evaluation:\n%s", report.to_table())
     return report, chosen
@@ -293,7 +294,7 @@ def train_and_publish(database_url: str | None = None, config: dict | None = Non
             how["train_nodes"] = int(train_nodes)
             with pipeline.timed(stages, "evaluate"):
                 if run_chunks is None:
-                    report, chosen_on_split = evaluate(ds, cfg, None, int(train_processes))
+                    report, chosen_on_split = evaluate(ds, cfg, int(train_processes))
                 else:
                     report, chosen_on_split = evaluate_on_cluster(ds, cfg, run_chunks, int(train_processes), how)
             with pipeline.timed(stages, "train"):

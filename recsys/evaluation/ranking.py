@@ -16,6 +16,24 @@ import numba as nb
 import numpy as np
 
 
+@nb.njit(inline="always", cache=True)
+def _keep_best(buf_s, buf_c, n, s, j):
+    """Offer column j scored s to a buffer of the best columns so far (its first n slots filled: score
+    descending, then column ascending); returns how many slots are filled now. The buffer has >= 1 slot."""
+    k = len(buf_s)
+    if n < k or s > buf_s[k - 1] or (s == buf_s[k - 1] and j < buf_c[k - 1]):
+        pos = n if n < k else k - 1
+        while pos > 0 and (buf_s[pos - 1] < s or (buf_s[pos - 1] == s and buf_c[pos - 1] > j)):
+            buf_s[pos] = buf_s[pos - 1]
+            buf_c[pos] = buf_c[pos - 1]
+            pos -= 1
+        buf_s[pos] = s
+        buf_c[pos] = j
+        if n < k:
+            n += 1
+    return n
+
+
 @nb.njit(parallel=True, cache=True)
 def _rank_rows(raw, col_of_item, n_columns, anchor_col, t_indptr, t_cols, t_items, k, top_out, rank_out, nan_out):
     b, n_items = raw.shape
@@ -48,17 +66,7 @@ def _rank_rows(raw, col_of_item, n_columns, anchor_col, t_indptr, t_cols, t_item
                 greater += 1
             elif s == best and j < best_col:
                 equal_left += 1
-            if n < k or s > buf_s[k - 1] or (s == buf_s[k - 1] and j < buf_c[k - 1]):
-                pos = n if n < k else k - 1
-                while pos > 0 and (buf_s[pos - 1] < s or (buf_s[pos - 1] == s and buf_c[pos - 1] > j)):
-                    if pos < k:
-                        buf_s[pos] = buf_s[pos - 1]
-                        buf_c[pos] = buf_c[pos - 1]
-                    pos -= 1
-                buf_s[pos] = s
-                buf_c[pos] = j
-                if n < k:
-                    n += 1
+            n = _keep_best(buf_s, buf_c, n, s, j)
         rank_out[r] = 1 + greater + equal_left
         for i in range(n):
             top_out[r, i] = buf_c[i]
@@ -100,16 +108,7 @@ def _top_columns(scores, allowed, take, out):
             s = scores[r, j]
             if s != s:  # NaN: never a best column
                 continue
-            if m < take or s > buf_s[take - 1]:  # a later column does not displace an equal score
-                pos = m if m < take else take - 1
-                while pos > 0 and buf_s[pos - 1] < s:
-                    buf_s[pos] = buf_s[pos - 1]
-                    buf_c[pos] = buf_c[pos - 1]
-                    pos -= 1
-                buf_s[pos] = s
-                buf_c[pos] = j
-                if m < take:
-                    m += 1
+            m = _keep_best(buf_s, buf_c, m, s, j)
         for i in range(m):
             out[r, i] = buf_c[i]
         for i in range(m, take):

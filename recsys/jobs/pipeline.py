@@ -150,16 +150,16 @@ def evaluation_report(ds: Dataset, prep: PreparedEvaluation, config: PipelineCon
     return report_of(ds, prep, config.evaluation, rows), choices
 
 
-def run_evaluation(ds: Dataset, config: PipelineConfig, log=print, run_chunks=None,
-                   train_processes: int = 1, run_ranges=None) -> tuple[EvaluationReport, SplitChoices | None]:
+def run_evaluation(ds: Dataset, config: PipelineConfig, log=print,
+                   train_processes: int = 1) -> tuple[EvaluationReport, SplitChoices | None]:
     """The offline protocol on `ds` in this process; returns (report, the choices the final training reuses).
 
     Those are the shipped blend's when evaluated (its EGES scorers and its blend), else EGES's.
-    run_chunks: where walks run; run_ranges: where the query chunks are scored (recsys/jobs/dask_*.py).
-    The flow on a Dask cluster runs `evaluation_groups` as tasks instead (flows/train_and_publish.py).
+    The flow on a Dask cluster runs `evaluation_groups` as tasks instead, each `evaluate_group` with its
+    walk and query chunks on the cluster (flows/train_and_publish.py, recsys/jobs/dask_*.py).
     """
     prep = prepare(ds, config.evaluation)
-    group = evaluate_group(ds, prep, config, config.eval_rows, log, run_chunks, train_processes, run_ranges)
+    group = evaluate_group(ds, prep, config, config.eval_rows, log, train_processes=train_processes)
     return evaluation_report(ds, prep, config, [group])
 
 
