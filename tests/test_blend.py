@@ -196,7 +196,7 @@ def test_the_validation_shortcut_measures_what_the_evaluator_measures(shop):
     blend = Blend((1.0, 0.3, 0.8, 0.2, 0.05, -0.1), pool=25)
     segment = _Segment(embed, lists, lambda a: a, log_pop, train.category.codes.astype(np.int64), log_pop,
                        prep.warm, blend, 1)
-    recall, coverage = pool_entries(segment, prep.warm_queries, True).measure(blend)
+    recall, coverage = pool_entries([segment], prep.warm_queries, True)[0].measure(blend)
     full = score_queries(segment.scores, prep.warm_queries, prep.columns, ds.n_items, (20,), mask_anchor=True)
     assert recall == pytest.approx(full.recall[20], abs=1e-9)
     assert coverage == pytest.approx(full.coverage[20], abs=1e-9)
@@ -258,14 +258,26 @@ def test_the_pool_pass_looks_up_members_and_equals_the_dense_pass(cold):
     queries = QuerySet(anchors.astype(np.int64), np.r_[0, np.cumsum(lengths)].astype(np.int64),
                        rng.integers(0, n, lengths.sum()).astype(np.int64), q)
     anchor_of = (lambda a: category[a]) if cold else (lambda a: a)
-    segment = _Segment(lambda a: scores[anchor_of(a)], lists(30), anchor_of, rng.random(n_anchors).astype(np.float32),
-                       category, rng.random(n).astype(np.float32), candidates, Blend(pool=25), 0 if cold else 1,
-                       lists(20) if cold else None)
-    got, want = pool_entries(segment, queries, not cold), _dense_pool_entries(segment, queries, not cold)
-    np.testing.assert_array_equal(got.groups, want.groups)
-    np.testing.assert_array_equal(got.items, want.items)
-    np.testing.assert_array_equal(got.target, want.target)
-    np.testing.assert_array_equal(got.features, want.features)
+    # two segments over one embedding (two half-lives' lists): one pass, each its own dense pass
+    segments = [_Segment(lambda a: scores[anchor_of(a)], lists(30), anchor_of,
+                         rng.random(n_anchors).astype(np.float32), category, rng.random(n).astype(np.float32),
+                         candidates, Blend(pool=25), 0 if cold else 1, lists(20) if cold else None)
+                for _ in range(2)]
+    segments[1].embed_fn = segments[0].embed_fn
+    segments[1].log_pop = segments[0].log_pop
+    both = pool_entries(segments, queries, not cold)
+    for segment, got in zip(segments, both):
+        want = _dense_pool_entries(segment, queries, not cold)
+        np.testing.assert_array_equal(got.groups, want.groups)
+        np.testing.assert_array_equal(got.items, want.items)
+        np.testing.assert_array_equal(got.target, want.target)
+        np.testing.assert_array_equal(got.features, want.features)
+    assert not np.array_equal(both[0].items, both[1].items)  # the lists made them differ
+    with pytest.raises(ValueError, match="share"):
+        pool_entries([segments[0], _Segment(lambda a: scores[anchor_of(a)], *[getattr(segments[0], f) for f in (
+            "lists", "anchor_of", "support", "category", "log_pop", "candidates", "blend", "extra_pool")])],
+            queries, not cold)
+    got = both[0]
     assert got.target.sum() > 0 and len(got.groups) > q * 25
 
 

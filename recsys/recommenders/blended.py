@@ -142,18 +142,24 @@ class _Segment:
     def scores(self, anchors: np.ndarray) -> np.ndarray:
         return self.scores_from(self.features(anchors))
 
-    def pool_members(self, anchors: np.ndarray, mask_anchor: bool):
+    def best_columns(self, anchors: np.ndarray):
+        """(dense embedding scores, the `pool` best candidate columns of each row): the dense part of a pool,
+        the same for every segment over one embedding scorer and candidate set."""
+        emb = np.asarray(self.embed_fn(anchors), np.float32)
+        # the same best columns as pool_mask (ties to the lower column)
+        return emb, top_columns(emb, self.candidates, min(self.blend.pool + self.extra_pool, emb.shape[1]))
+
+    def pool_members(self, anchors: np.ndarray, mask_anchor: bool, best=None):
         """The pools of `features` as (query row, member) pairs, row-major with members ascending (the order
         of np.nonzero over its dense mask), with each pair's features.
 
         Only the embedding scores are dense (they pick the `pool` best); co-purchases, shared category and
         the rest are looked up for the members alone: at 1M items the dense pass held about ten
-        (queries x items) arrays at once, this one the scores.
+        (queries x items) arrays at once, this one the scores. `best`: `best_columns(anchors)` when
+        several segments share it.
         """
-        emb = np.asarray(self.embed_fn(anchors), np.float32)
-        q, n = emb.shape
-        # the same best columns as pool_mask (ties to the lower column)
-        parts = [top_columns(emb, self.candidates, min(self.blend.pool + self.extra_pool, n))]
+        emb, top = self.best_columns(anchors) if best is None else best
+        parts = [top]
         keys = self.anchor_of(anchors)
         for lists in (self.lists, self.members):
             if lists is None:
@@ -244,28 +250,40 @@ class PoolEntries:
 POOL_CHUNK_BYTES = 1 << 30
 
 
-def pool_entries(segment: _Segment, queries: QuerySet, mask_anchor: bool, chunk: int = 512) -> PoolEntries:
-    """The pools of a query set with each member's blend features (`recsys/blend.py`), in one pass."""
-    chunk = max(1, min(chunk, POOL_CHUNK_BYTES // (8 * max(1, len(segment.candidates)))))
-    feats: list[list[np.ndarray]] = [[] for _ in FEATURES]
-    groups, items, target_of = [], [], []
+def pool_entries(segments: list[_Segment], queries: QuerySet, mask_anchor: bool,
+                 chunk: int = 512) -> list[PoolEntries]:
+    """Each segment's pools of a query set with each member's blend features (`recsys/blend.py`), in one pass.
+
+    The segments differ in their co-purchase lists only (one a half-life): the dense embedding scores and
+    their best columns, most of a pass's time at 1M items, are computed once a chunk for all of them.
+    """
+    first = segments[0]
+    if any(s.embed_fn is not first.embed_fn or s.candidates is not first.candidates
+           or s.blend.pool + s.extra_pool != first.blend.pool + first.extra_pool for s in segments):
+        raise ValueError("pool_entries: segments must share their embedding scorer, candidates and pool size")
+    n = first.candidates.size
+    chunk = max(1, min(chunk, POOL_CHUNK_BYTES // (8 * max(1, n))))
+    feats = [[[] for _ in FEATURES] for _ in segments]
+    groups, items, target_of = [[] for _ in segments], [[] for _ in segments], [[] for _ in segments]
     for lo in range(0, queries.n_queries, chunk):
         hi = min(lo + chunk, queries.n_queries)
         anchors = queries.anchors[lo:hi]
-        rows, members, emb, co, same, support = segment.pool_members(anchors, mask_anchor)
+        best = first.best_columns(anchors)
         # a member is a target when (row, member) is one of the chunk's (query, target) pairs
         t_rows = np.repeat(np.arange(hi - lo), np.diff(queries.indptr[lo:hi + 1]))
-        t_keys = np.unique(t_rows * np.int64(segment.candidates.size) + queries.targets[queries.indptr[lo]:queries.indptr[hi]])
-        keys = rows * np.int64(segment.candidates.size) + members
-        pop = segment.log_pop[members]
-        for j, values in enumerate((emb, pop, co, same, co * support, pop * (co > 0))):
-            feats[j].append(np.asarray(values, np.float64))
-        groups.append(rows + lo)
-        items.append(members)
-        target_of.append(np.isin(keys, t_keys))
-    return PoolEntries(np.stack([np.concatenate(f) for f in feats], axis=1), np.concatenate(groups),
-                       np.concatenate(items), np.concatenate(target_of), np.diff(queries.indptr).astype(np.int64),
-                       int(segment.candidates.sum()))
+        t_keys = np.unique(t_rows * np.int64(n) + queries.targets[queries.indptr[lo]:queries.indptr[hi]])
+        for s, segment in enumerate(segments):
+            rows, members, emb, co, same, support = segment.pool_members(anchors, mask_anchor, best)
+            pop = segment.log_pop[members]
+            for j, values in enumerate((emb, pop, co, same, co * support, pop * (co > 0))):
+                feats[s][j].append(np.asarray(values, np.float64))
+            groups[s].append(rows + lo)
+            items[s].append(members)
+            target_of[s].append(np.isin(rows * np.int64(n) + members, t_keys))
+    n_targets = np.diff(queries.indptr).astype(np.int64)
+    return [PoolEntries(np.stack([np.concatenate(f) for f in feats[s]], axis=1), np.concatenate(groups[s]),
+                        np.concatenate(items[s]), np.concatenate(target_of[s]), n_targets, int(first.candidates.sum()))
+            for s in range(len(segments))]
 
 
 def _variant(blend: Blend, cut: float, scale: float, prior_beta: float) -> Blend:
@@ -311,21 +329,28 @@ class BlendedRecommender:
         counts_cov = _counts_coverage(plain, prep)
         simulated = _simulated_cold(prep, cfg.simulated_cold_queries, self.eges.config.seed)
         cold_queries = prep.cold_queries if prep.cold_queries.n_queries >= cfg.min_cold_queries else simulated
-        candidates = []
+        warm_segs, cold_segs = [], []
         for share in cfg.half_lives:
             days = _half_life_days(share, vtrain)
             matrix = (plain if days is None and not cfg.distinct_users else
                       copurchase_matrix(vtrain, self.session_gap_s, days, distinct_users=cfg.distinct_users))
             items, cats = top_partners(matrix, cfg.top_m), category_partners(vtrain, matrix, cfg.top_m)
-            warm_seg = _Segment(warm_fn, items, lambda a: a, log_pop, category, log_pop, warm_items,
-                                Blend(pool=cfg.pool), 1)
-            warm_pools = pool_entries(warm_seg, prep.warm_queries, True)
-            warm_w = self._fit(warm_pools.training_rows())
-            warm_seg.blend = Blend(warm_w, cfg.pool)
-            cold_seg = _Segment(cold_fn, cats, lambda a: category[a], category_support(vtrain), category, log_pop,
-                                warm_items, Blend(pool=cfg.pool), 0,
-                                category_best_sellers(vtrain, cfg.top_m, warm_items))
-            cold_pools = pool_entries(cold_seg, cold_queries, cold_queries is simulated)
+            warm_segs.append(_Segment(warm_fn, items, lambda a: a, log_pop, category, log_pop, warm_items,
+                                      Blend(pool=cfg.pool), 1))
+            cold_segs.append(_Segment(cold_fn, cats, lambda a: category[a], category_support(vtrain), category,
+                                      log_pop, warm_items, Blend(pool=cfg.pool), 0,
+                                      category_best_sellers(vtrain, cfg.top_m, warm_items)))
+        # one pass over the queries for all half-lives (they share the embedding's part of every pool)
+        all_warm_pools = pool_entries(warm_segs, prep.warm_queries, True)
+        all_cold_pools = pool_entries(cold_segs, cold_queries, cold_queries is simulated)
+        all_real_cold = (all_cold_pools if cold_queries is prep.cold_queries else
+                         pool_entries(cold_segs, prep.cold_queries, False) if prep.cold_queries.n_queries else
+                         [None] * len(cold_segs))
+        candidates = []
+        for share, warm_seg, cold_seg, warm_pools, cold_pools, real_cold in zip(
+                cfg.half_lives, warm_segs, cold_segs, all_warm_pools, all_cold_pools, all_real_cold):
+            days = _half_life_days(share, vtrain)
+            warm_seg.blend = Blend(self._fit(warm_pools.training_rows()), cfg.pool)
             cold_fitted = Blend(self._fit(cold_pools.training_rows()), cfg.pool)
             # the fitted cold blend against the embedding alone, on the same cold queries: few and new, they
             # can mislead a fit, and a blend must not serve a new product worse than the embedding does
@@ -333,12 +358,8 @@ class BlendedRecommender:
             beta = self.eges.warm_scorer.beta if self.eges.warm_scorer.kind == "inout_prior" else 0.0
             variants = {(cut, scale): _variant(warm_seg.blend, cut, scale, beta)
                         for cut in cfg.popularity_cuts for scale in cfg.embedding_scales}
-            if cold_queries is prep.cold_queries:  # the pools the cold blend was chosen on
-                cold_r = cold_pools.measure(cold_seg.blend)[0]
-            elif prep.cold_queries.n_queries:
-                cold_r = pool_entries(cold_seg, prep.cold_queries, False).measure(cold_seg.blend)[0]
-            else:
-                cold_r = float("nan")
+            # the cold blend measured on the real cold queries (the pools it was chosen on, when those are they)
+            cold_r = real_cold.measure(cold_seg.blend)[0] if real_cold is not None else float("nan")
             for (cut, scale), blend in variants.items():
                 warm_r, warm_cov = warm_pools.measure(blend)
                 candidates.append({"half_life_share": share, "half_life_days": days, "popularity_cut": cut,
