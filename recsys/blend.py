@@ -18,7 +18,15 @@ For a query item a and a candidate b the served score is a linear blend
   (a popular partner) weighs differently from popularity alone (a bestseller).
 
 Only a pool is re-ranked: the index's best `pool` candidates plus the
-query's co-purchase list; everything else ranks below it. The weights,
+query's co-purchase list; everything else ranks below it.
+
+Interleaving (`Blend.interleave` = n > 0): every n-th place of the list goes
+to the query's own co-purchase order (its partners in the pool by co-purchase
+weight, then popularity), the others to the blend's order; an item both
+orders would place takes the earlier place (`interleave_keys`). A linear
+blend weighs a rare item's few co-purchases against the embedding's
+bestsellers and loses them; the reserved places keep each list's own
+evidence in it, which is where bought-together counts' coverage comes from. The weights,
 the decay half-life and the pool are chosen on a validation tail of the
 training period (`recsys/recommenders/blended.py`) and stored with the
 version; evaluation and the client compute the score with this module.
@@ -40,6 +48,11 @@ class Blend:
 
     weights: tuple[float, ...] = (1.0, 0.0, 0.0, 0.0, 0.0, 0.0)
     pool: int = 100  # embedding candidates re-ranked per query, besides its co-purchase list
+    interleave: int = 0  # every n-th place from the query's co-purchase order (0: none; see the module doc)
+
+    def __post_init__(self) -> None:
+        if self.interleave < 0 or self.interleave == 1:
+            raise ValueError(f"Blend.interleave must be 0 (none) or >= 2, got {self.interleave}")
 
     def score(self, embedding: np.ndarray, log_pop: np.ndarray, copurchase: np.ndarray,
               same_category: np.ndarray, support: np.ndarray) -> np.ndarray:
@@ -50,15 +63,54 @@ class Blend:
 
     @property
     def uses_copurchases(self) -> bool:
-        return self.weights[2] != 0.0 or self.weights[4] != 0.0 or self.weights[5] != 0.0
+        return self.weights[2] != 0.0 or self.weights[4] != 0.0 or self.weights[5] != 0.0 or self.interleave > 0
 
     def to_dict(self) -> dict:
-        return {"weights": dict(zip(FEATURES, map(float, self.weights))), "pool": int(self.pool)}
+        return {"weights": dict(zip(FEATURES, map(float, self.weights))), "pool": int(self.pool),
+                "interleave": int(self.interleave)}
 
     @classmethod
     def from_dict(cls, spec: dict) -> "Blend":
         weights = spec["weights"]
-        return cls(tuple(float(weights.get(name, 0.0)) for name in FEATURES), int(spec.get("pool", cls.pool)))
+        return cls(tuple(float(weights.get(name, 0.0)) for name in FEATURES), int(spec.get("pool", cls.pool)),
+                   int(spec.get("interleave", 0)))  # bundles before interleaving: none
+
+
+def _rank_in_group(groups: np.ndarray, order: np.ndarray) -> np.ndarray:
+    """Each entry's place within its group in `order` (entries of a group contiguous in it)."""
+    g = groups[order]
+    first = np.flatnonzero(np.r_[True, g[1:] != g[:-1]]) if len(g) else np.zeros(0, np.int64)
+    start = np.repeat(first, np.diff(np.r_[first, len(g)]))
+    rank = np.empty(len(order), np.int64)
+    rank[order] = np.arange(len(order)) - start
+    return rank
+
+
+def copurchase_rank(groups: np.ndarray, copurchase: np.ndarray, log_pop: np.ndarray) -> np.ndarray:
+    """Each pool entry's place in its query's co-purchase order (weight, then popularity, then entry order);
+    -1 for entries that are not co-purchase partners. Entries are flat, one group a query."""
+    rank = np.full(len(groups), -1, np.int64)
+    idx = np.flatnonzero(copurchase > 0)
+    if len(idx):
+        order = np.lexsort((-log_pop[idx], -copurchase[idx], groups[idx]))  # stable: ties by entry order
+        rank[idx] = _rank_in_group(groups[idx], order)
+    return rank
+
+
+def interleave_keys(groups: np.ndarray, scores: np.ndarray, copurchase: np.ndarray, log_pop: np.ndarray,
+                    every: int) -> np.ndarray:
+    """Place keys (smaller first, distinct within a query) of the interleaved ranking of flat pool entries.
+
+    The blend's j-th best (ties by entry order) takes place j + j // (every - 1), skipping every `every`-th;
+    the co-purchase order's i-th takes place every * (i + 1) - 1; an entry in both takes the earlier. Sorting a
+    query's entries by key gives its list (places left empty by an entry placed twice close up).
+    """
+    rank = _rank_in_group(groups, np.lexsort((-scores, groups))).astype(np.float64)
+    if every < 2:
+        return rank
+    own = rank + rank // (every - 1)
+    partner = copurchase_rank(groups, copurchase, log_pop)
+    return np.where(partner >= 0, np.minimum(own, every * (partner + 1.0) - 1), own)
 
 
 @dataclass
@@ -179,6 +231,17 @@ class CoPurchases:
     @property
     def nbytes(self) -> int:
         return int(self.indptr.nbytes + self.items.nbytes + self.weight.nbytes)
+
+
+def interleaved_scores(scores: np.ndarray, copurchase: np.ndarray, log_pop: np.ndarray, valid: np.ndarray,
+                       every: int) -> np.ndarray:
+    """(q, m) scores ordering each row's valid entries as the interleaved list (minus their place; ties in the
+    blend to the lower column); the others -inf. copurchase / log_pop broadcast to scores' shape."""
+    rows, cols = np.nonzero(valid)
+    out = np.full(scores.shape, -np.inf, np.float32)
+    out[rows, cols] = -interleave_keys(rows, scores[rows, cols], np.broadcast_to(copurchase, scores.shape)[rows, cols],
+                                       np.broadcast_to(log_pop, scores.shape)[rows, cols], every)
+    return out
 
 
 OUTSIDE_GAP = 1000.0  # below the pool by more than any popularity term of a blend: pool members stay first

@@ -112,7 +112,7 @@ def test_the_blend_is_chosen_on_the_training_period_with_every_candidate_recorde
     rec.fit(train)
     choice = rec.choice
     assert len(choice["candidates"]) == (len(SMALL_BLEND.half_lives) * len(SMALL_BLEND.popularity_cuts)
-                                         * len(SMALL_BLEND.embedding_scales))
+                                         * len(SMALL_BLEND.embedding_scales) * len(SMALL_BLEND.interleaves))
     assert max(c["warm_recall@20"] for c in choice["candidates"]) > 0
     chosen = [c for c in choice["candidates"] if c["warm"] == choice["warm"]]
     assert len(chosen) == 1
@@ -128,11 +128,15 @@ def test_the_blend_is_chosen_on_the_training_period_with_every_candidate_recorde
     assert scores.shape == (5, ds.n_items) and np.isfinite(scores).all()
 
 
-def test_the_client_serves_the_ranking_the_evaluation_measured(shop, tmp_path):
+@pytest.mark.parametrize("interleave", [0, 2])
+def test_the_client_serves_the_ranking_the_evaluation_measured(shop, tmp_path, interleave):
+    import dataclasses
+
     ds = shop.to_dataset()
     config = PipelineConfig(train=SMALL_TRAIN, scoring=ScorerConfig(validation_queries=500), index=SMALL_INDEX,
-                            blend=SMALL_BLEND)
+                            blend=dataclasses.replace(SMALL_BLEND, interleaves=(interleave,)))
     shipped = train_final(ds, config, progress=False)
+    assert shipped.warm_blend.interleave == interleave and shipped.choice["interleave"] == interleave
     bundle = open_bundle(write_bundle(tmp_path, None, build_parts(shipped, ds, config, {})))
     assert bundle.manifest["format_version"] == 3 and bundle.parts.graph is not None
     assert bundle.manifest["graph"]["choice"]["candidates"]
@@ -176,9 +180,33 @@ def test_blend_variants_scale_the_embedding_and_cut_popularity_only():
     cut = _variant(blend, 0.5, 0.5, prior_beta=0.5)  # total popularity weight 0.4 * 0.5 + 0.2 = 0.4
     assert cut.weights == pytest.approx((0.4, 0.2 - 0.2, 0.5, 0.3, 0.05, 0.1)) and cut.pool == 60
     assert Blend.from_dict(cut.to_dict()) == cut
+    assert _variant(blend, 0.0, 1.0, 0.5, interleave=3).interleave == 3
+    assert Blend.from_dict({"weights": {"embedding": 1.0}}).interleave == 0  # a bundle from before interleaving
+    with pytest.raises(ValueError, match="interleave"):
+        Blend(interleave=1)
 
 
-def test_the_validation_shortcut_measures_what_the_evaluator_measures(shop):
+def test_interleaving_gives_every_nth_place_to_the_copurchase_order():
+    from recsys.blend import interleave_keys, interleaved_scores
+
+    # one query, six pool members: the blend prefers 0 > 1 > ... > 5; co-purchases prefer 5 > 4 > 3
+    groups = np.zeros(6, np.int64)
+    blended = np.array([6.0, 5, 4, 3, 2, 1])
+    co = np.array([0.0, 0, 0, 1, 2, 3])
+    order = lambda every: list(np.argsort(interleave_keys(groups, blended, co, np.zeros(6), every), kind="stable"))  # noqa: E731
+    assert order(0) == [0, 1, 2, 3, 4, 5]
+    assert order(2) == [0, 5, 1, 4, 2, 3]
+    assert order(3) == [0, 1, 5, 2, 3, 4]  # 3 is the blend's 4th (place 4) before its co-purchase place (8)
+    # ties in co-purchase weight go to the more popular; the (q, m) form orders rows alike, invalid last
+    co_tied = np.array([[0.0, 0, 0, 2, 2, 0]])
+    pop = np.array([[0.0, 0, 0, 1, 5, 0]])
+    valid = np.array([[True, True, True, True, True, False]])
+    scores = interleaved_scores(blended[None, :], co_tied, pop, valid, 2)
+    assert list(np.argsort(-scores[0], kind="stable")) == [0, 4, 1, 3, 2, 5] and scores[0, 5] == -np.inf
+
+
+@pytest.mark.parametrize("interleave", [0, 2, 3])
+def test_the_validation_shortcut_measures_what_the_evaluator_measures(shop, interleave):
     # choosing among blends ranks only each query's pool (its top 20 lie there); the evaluator ranks everything
     from recsys.evaluation.metrics import score_queries
     from recsys.evaluation.protocol import EvalConfig, prepare
@@ -193,7 +221,7 @@ def test_the_validation_shortcut_measures_what_the_evaluator_measures(shop):
     rng = np.random.default_rng(1)
     vectors = rng.normal(size=(ds.n_items, 8)).astype(np.float32)
     embed = lambda a: vectors[a] @ vectors.T  # noqa: E731
-    blend = Blend((1.0, 0.3, 0.8, 0.2, 0.05, -0.1), pool=25)
+    blend = Blend((1.0, 0.3, 0.8, 0.2, 0.05, -0.1), pool=25, interleave=interleave)
     segment = _Segment(embed, lists, lambda a: a, log_pop, train.category.codes.astype(np.int64), log_pop,
                        prep.warm, blend, 1)
     recall, coverage = pool_entries([segment], prep.warm_queries, True)[0].measure(blend)

@@ -75,7 +75,7 @@ class PipelineConfig:
                 values.setdefault("seed", seed)
             # JSON has lists; the configs hold tuples
             values = {k: tuple(v) if k in ("ks", "beta_grid", "half_lives", "popularity_cuts", "embedding_scales",
-                                                          "features", "layouts", "exclude_users") else v
+                                                          "features", "layouts", "exclude_users", "interleaves") else v
                       for k, v in values.items()}
             parts[f.name] = dataclasses.replace(default, **values)
         return cls(**parts, eval_rows=tuple(spec.get("eval_rows") or NIGHTLY_ROWS))

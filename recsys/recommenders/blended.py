@@ -32,10 +32,11 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+import numba as nb
 import numpy as np
 from scipy.optimize import minimize
 
-from recsys.blend import FEATURES, Blend, CoPurchases, rank_outside_pool
+from recsys.blend import FEATURES, Blend, CoPurchases, copurchase_rank, interleaved_scores, rank_outside_pool
 from recsys.data.cooccurrence import (DAY_S, category_best_sellers, category_partners, copurchase_matrix,
                                       top_partners)
 from recsys.data.dataset import Dataset
@@ -65,6 +66,9 @@ class BlendConfig:
     # what keeps lists apart (bought-together counts' coverage comes from it); at the smallest, the counts
     # order the pool and the embedding breaks their ties and fills in
     embedding_scales: tuple[float, ...] = (1.0, 0.5, 0.25, 0.1, 0.03)
+    # every n-th place from the query's co-purchase order, tried with each variant (0 = none; recsys/blend.py):
+    # coverage by keeping each list's own evidence instead of by weakening the embedding for all of them
+    interleaves: tuple[int, ...] = (0, 4, 3, 2)
     # validation queries the blend is fitted and measured on: coverage grows with the number of queries,
     # and faster for item-specific lists, so it is compared on as many queries as the evaluation uses
     validation_queries: int = 20000
@@ -89,6 +93,8 @@ class BlendConfig:
         if unknown or "embedding" not in self.features:
             raise ValueError(f"BlendConfig.features must name features of {FEATURES}, with 'embedding'; "
                              f"got {self.features}")
+        if not self.interleaves or any(int(n) < 0 or int(n) == 1 for n in self.interleaves):
+            raise ValueError(f"BlendConfig.interleaves must be 0 (none) or >= 2, got {self.interleaves}")
         if not self.half_lives or any(h is not None and not 0 < h for h in self.half_lives):
             raise ValueError(f"BlendConfig.half_lives must be shares > 0 or None, got {self.half_lives}")
 
@@ -135,6 +141,8 @@ class _Segment:
         if self.members is not None:
             in_pool |= self.members.dense(self.anchor_of(anchors)) > 0
         in_pool &= self.candidates[None, :]
+        if self.extra_pool:  # a warm query's own item is no answer: out of its pool (as in pool_members)
+            in_pool[np.arange(len(anchors)), anchors] = False
         same = (self.category[None, :] == self.category[anchors][:, None]) & (self.category[anchors][:, None] > 0)
         support = self.support[self.anchor_of(anchors)][:, None]
         return emb, co, same.astype(np.float32), support, in_pool
@@ -182,7 +190,10 @@ class _Segment:
 
     def scores_from(self, features, blend: Blend | None = None) -> np.ndarray:
         emb, co, same, support, in_pool = features
-        blended = (blend or self.blend).score(emb, self.log_pop[None, :], co, same, support)
+        blend = blend or self.blend
+        blended = blend.score(emb, self.log_pop[None, :], co, same, support)
+        if blend.interleave:
+            blended = interleaved_scores(blended, co, self.log_pop[None, :], in_pool, blend.interleave)
         return rank_outside_pool(blended, emb, in_pool)
 
 
@@ -224,6 +235,11 @@ class PoolEntries:
     n_targets: np.ndarray  # int64 per query: all its targets (in its pool or not)
     n_columns: int  # candidates the coverage is a share of
 
+    def __post_init__(self) -> None:
+        self.starts = np.searchsorted(self.groups, np.arange(len(self.n_targets) + 1))
+        # each entry's place in its query's co-purchase order: what an interleaving blend reserves places for
+        self.copurchase_rank = copurchase_rank(self.groups, self.features[:, 2], self.features[:, 1])
+
     def training_rows(self):
         """(features, groups, weight as a choice) of the queries whose pool holds a target."""
         hits = np.bincount(self.groups, weights=self.target, minlength=len(self.n_targets))
@@ -234,15 +250,43 @@ class PoolEntries:
     def measure(self, blend: Blend, k: int = 20) -> tuple[float, float]:
         """(Recall@k, coverage@k) when each pool is ranked by `blend`: the top k lie in the pool."""
         scores = self.features @ np.asarray(blend.weights, np.float64)
-        order = np.lexsort((-scores, self.groups))
-        groups = self.groups[order]
-        starts = np.searchsorted(groups, np.arange(len(self.n_targets)))
-        rank = np.arange(len(order)) - starts[groups]
-        top = order[rank < k]
-        hits = np.bincount(self.groups[top], weights=self.target[top], minlength=len(self.n_targets))
+        n_items = int(self.items.max(initial=-1)) + 1
+        hits, covered = _pool_top_k(self.starts, scores, self.copurchase_rank, int(blend.interleave), int(k),
+                                    self.target, self.items, n_items)
         has = self.n_targets > 0
         recall = float((hits[has] / np.minimum(self.n_targets[has], k)).mean()) if has.any() else 0.0
-        return recall, float(len(np.unique(self.items[top])) / max(self.n_columns, 1))
+        return recall, float(covered.sum() / max(self.n_columns, 1))
+
+
+@nb.njit(cache=True)
+def _pool_top_k(starts, scores, copurchase_rank, every, k, target, items, n_items):
+    """Per query: hits among the k first of its pool ranked as the blend serves it (by score, ties by entry
+    order; interleaved as `recsys.blend.interleave_keys` places them when every >= 2), and the items listed."""
+    n_groups = len(starts) - 1
+    hits = np.zeros(n_groups)
+    covered = np.zeros(n_items, np.bool_)
+    for g in range(n_groups):
+        a, b = starts[g], starts[g + 1]
+        m = b - a
+        if m == 0:
+            continue
+        order = np.argsort(-scores[a:b], kind="mergesort")
+        if every >= 2:
+            key = np.empty(m)
+            for j in range(m):
+                e = order[j]
+                place = j + j // (every - 1)
+                r = copurchase_rank[a + e]
+                key[e] = min(place, every * (r + 1) - 1) if r >= 0 else place
+            order = np.argsort(key, kind="mergesort")
+        h = 0.0
+        for j in range(min(k, m)):
+            e = a + order[j]
+            if target[e]:
+                h += 1.0
+            covered[items[e]] = True
+        hits[g] = h
+    return hits, covered
 
 
 # memory for one chunk of a pool pass: its dense (queries x items) embedding scores (4 bytes an entry, some
@@ -286,12 +330,13 @@ def pool_entries(segments: list[_Segment], queries: QuerySet, mask_anchor: bool,
             for s in range(len(segments))]
 
 
-def _variant(blend: Blend, cut: float, scale: float, prior_beta: float) -> Blend:
-    """The blend with its embedding weight x `scale`, then `cut` of its whole popularity weight taken off."""
+def _variant(blend: Blend, cut: float, scale: float, prior_beta: float, interleave: int = 0) -> Blend:
+    """The blend with its embedding weight x `scale`, then `cut` of its whole popularity weight taken off,
+    interleaved with the co-purchase order every `interleave`-th place (0: not)."""
     w = blend.weights
     emb = w[0] * scale
     total = max(0.0, emb * prior_beta + w[1])  # the blend's whole weight on log-popularity
-    return Blend((emb, w[1] - cut * total, *w[2:]), blend.pool)
+    return Blend((emb, w[1] - cut * total, *w[2:]), blend.pool, interleave)
 
 
 class BlendedRecommender:
@@ -356,14 +401,14 @@ class BlendedRecommender:
             # can mislead a fit, and a blend must not serve a new product worse than the embedding does
             cold_seg.blend = max((cold_fitted, Blend(START, cfg.pool)), key=lambda b: cold_pools.measure(b)[0])
             beta = self.eges.warm_scorer.beta if self.eges.warm_scorer.kind == "inout_prior" else 0.0
-            variants = {(cut, scale): _variant(warm_seg.blend, cut, scale, beta)
-                        for cut in cfg.popularity_cuts for scale in cfg.embedding_scales}
+            variants = {(cut, scale, every): _variant(warm_seg.blend, cut, scale, beta, every)
+                        for every in cfg.interleaves for cut in cfg.popularity_cuts for scale in cfg.embedding_scales}
             # the cold blend measured on the real cold queries (the pools it was chosen on, when those are they)
             cold_r = real_cold.measure(cold_seg.blend)[0] if real_cold is not None else float("nan")
-            for (cut, scale), blend in variants.items():
+            for (cut, scale, every), blend in variants.items():
                 warm_r, warm_cov = warm_pools.measure(blend)
                 candidates.append({"half_life_share": share, "half_life_days": days, "popularity_cut": cut,
-                                   "embedding_scale": scale, "warm": blend.to_dict(),
+                                   "embedding_scale": scale, "interleave": every, "warm": blend.to_dict(),
                                    "cold": cold_seg.blend.to_dict(), "warm_recall@20": warm_r,
                                    "warm_coverage@20": warm_cov, "cold_recall@20": cold_r})
         eligible = [c for c in candidates if c["warm_coverage@20"] >= counts_cov * (1 + cfg.coverage_margin)]
@@ -371,7 +416,7 @@ class BlendedRecommender:
         best = (max(eligible, key=lambda c: c["warm_recall@20"]) if eligible
                 else max(candidates, key=lambda c: c["warm_coverage@20"]))
         return {"half_life_share": best["half_life_share"], "popularity_cut": best["popularity_cut"],
-                "embedding_scale": best["embedding_scale"],
+                "embedding_scale": best["embedding_scale"], "interleave": best["interleave"],
                 "warm": best["warm"], "cold": best["cold"],
                 "candidates": candidates, "bought_together_coverage@20": counts_cov,
                 "cold_fitted_on": ("cold validation queries" if cold_queries is prep.cold_queries else

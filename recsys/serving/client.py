@@ -39,6 +39,7 @@ from typing import Iterable, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
+from recsys.blend import interleaved_scores
 from recsys.errors import UserError
 from recsys.serving.bundle import Bundle, cold_start_vectors, open_bundle
 from recsys.vectors import ID_FEATURE, PRICE_TIER, Scorer, attention_weights, clean_value, price_tier_codes
@@ -692,6 +693,8 @@ def _blended_search(snap: _Snapshot, index, vectors: np.ndarray, anchors: np.nda
         partners = np.where((partners >= 0) & allowed[np.maximum(partners, 0)], partners, -1)
     candidates = np.sort(np.concatenate([pool, partners], axis=1), axis=1)
     candidates[:, 1:][candidates[:, 1:] == candidates[:, :-1]] = -1  # each candidate once
+    if warm:  # the query's own item is no answer: out of the ranking (an interleaved one counts places)
+        candidates[candidates == snap.index_row[anchors][:, None]] = -1
     valid = candidates >= 0
     safe = np.maximum(candidates, 0)
     query_category = snap.category[anchors] if warm else anchors
@@ -701,8 +704,11 @@ def _blended_search(snap: _Snapshot, index, vectors: np.ndarray, anchors: np.nda
     else:
         known = (anchors > 0) & (anchors < len(graph.category_support))
         support = np.where(known, graph.category_support[np.where(known, anchors, 0)], 0.0)
-    scores = blend.score(index.score_candidates(vectors, candidates), graph.log_popularity[safe],
-                         lists.lookup(anchors, candidates), same, support[:, None].astype(np.float32))
+    copurchase, log_pop = lists.lookup(anchors, candidates), graph.log_popularity[safe]
+    scores = blend.score(index.score_candidates(vectors, candidates), log_pop, copurchase, same,
+                         support[:, None].astype(np.float32))
+    if blend.interleave:  # minus each one's place in the interleaved list (recsys/blend.py)
+        scores = interleaved_scores(scores, copurchase, log_pop, valid, blend.interleave)
     scores = np.where(valid, scores, -np.inf)
     take = min(n, candidates.shape[1])
     top = np.argsort(-scores, axis=1, kind="stable")[:, :take]
