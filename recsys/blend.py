@@ -22,8 +22,8 @@ query's co-purchase list; everything else ranks below it.
 
 Interleaving (`Blend.interleave` = n > 0): every n-th place of the list goes
 to the query's own co-purchase order (its partners in the pool by co-purchase
-weight, then popularity), the others to the blend's order; an item both
-orders would place takes the earlier place (`interleave_keys`). A linear
+weight, ties in the blend's order), the others to the blend's order; an item both
+orders would place takes the earlier place (`served_columns`). A linear
 blend weighs a rare item's few co-purchases against the embedding's
 bestsellers and loses them; the reserved places keep each list's own
 evidence in it, which is where bought-together counts' coverage comes from. The weights,
@@ -74,43 +74,6 @@ class Blend:
         weights = spec["weights"]
         return cls(tuple(float(weights.get(name, 0.0)) for name in FEATURES), int(spec.get("pool", cls.pool)),
                    int(spec.get("interleave", 0)))  # bundles before interleaving: none
-
-
-def _rank_in_group(groups: np.ndarray, order: np.ndarray) -> np.ndarray:
-    """Each entry's place within its group in `order` (entries of a group contiguous in it)."""
-    g = groups[order]
-    first = np.flatnonzero(np.r_[True, g[1:] != g[:-1]]) if len(g) else np.zeros(0, np.int64)
-    start = np.repeat(first, np.diff(np.r_[first, len(g)]))
-    rank = np.empty(len(order), np.int64)
-    rank[order] = np.arange(len(order)) - start
-    return rank
-
-
-def copurchase_rank(groups: np.ndarray, copurchase: np.ndarray, log_pop: np.ndarray) -> np.ndarray:
-    """Each pool entry's place in its query's co-purchase order (weight, then popularity, then entry order);
-    -1 for entries that are not co-purchase partners. Entries are flat, one group a query."""
-    rank = np.full(len(groups), -1, np.int64)
-    idx = np.flatnonzero(copurchase > 0)
-    if len(idx):
-        order = np.lexsort((-log_pop[idx], -copurchase[idx], groups[idx]))  # stable: ties by entry order
-        rank[idx] = _rank_in_group(groups[idx], order)
-    return rank
-
-
-def interleave_keys(groups: np.ndarray, scores: np.ndarray, copurchase: np.ndarray, log_pop: np.ndarray,
-                    every: int) -> np.ndarray:
-    """Place keys (smaller first, distinct within a query) of the interleaved ranking of flat pool entries.
-
-    The blend's j-th best (ties by entry order) takes place j + j // (every - 1), skipping every `every`-th;
-    the co-purchase order's i-th takes place every * (i + 1) - 1; an entry in both takes the earlier. Sorting a
-    query's entries by key gives its list (places left empty by an entry placed twice close up).
-    """
-    rank = _rank_in_group(groups, np.lexsort((-scores, groups))).astype(np.float64)
-    if every < 2:
-        return rank
-    own = rank + rank // (every - 1)
-    partner = copurchase_rank(groups, copurchase, log_pop)
-    return np.where(partner >= 0, np.minimum(own, every * (partner + 1.0) - 1), own)
 
 
 @dataclass
@@ -233,15 +196,53 @@ class CoPurchases:
         return int(self.indptr.nbytes + self.items.nbytes + self.weight.nbytes)
 
 
-def interleaved_scores(scores: np.ndarray, copurchase: np.ndarray, log_pop: np.ndarray, valid: np.ndarray,
-                       every: int) -> np.ndarray:
-    """(q, m) scores ordering each row's valid entries as the interleaved list (minus their place; ties in the
-    blend to the lower column); the others -inf. copurchase / log_pop broadcast to scores' shape."""
-    rows, cols = np.nonzero(valid)
-    out = np.full(scores.shape, -np.inf, np.float32)
-    out[rows, cols] = -interleave_keys(rows, scores[rows, cols], np.broadcast_to(copurchase, scores.shape)[rows, cols],
-                                       np.broadcast_to(log_pop, scores.shape)[rows, cols], every)
-    return out
+def _descending_bits(values: np.ndarray) -> np.ndarray:
+    """Non-negative float32 values as int64 keys in the reverse order (larger first), exactly."""
+    bits = (np.asarray(values, np.float32) + np.float32(0.0)).view(np.uint32).astype(np.int64)
+    return (1 << 31) - bits  # a non-negative float's bits grow with it
+
+
+def served_columns(scores: np.ndarray, copurchase: np.ndarray, valid: np.ndarray, every: int,
+                   take: int) -> np.ndarray:
+    """(q, take) the columns of each row's valid entries in the order served, -1 padded.
+
+    By blended score, ties to the lower column; with `every` >= 2 interleaved: the blend's j-th best takes
+    place j + j // (every - 1) (skipping every `every`-th place), the i-th co-purchase partner
+    (copurchase > 0; by weight, ties in the blend's order) place every * (i + 1) - 1, an entry in both
+    orders the earlier; places left empty close up. An entry's place in either order bounds its final one
+    from below, so only the `take` best of each order are placed. (The validation's numba twin,
+    `recsys.recommenders.blended.pool_order`, is held equal to this by a test.)
+    """
+    q, m = scores.shape
+    t = min(int(take), m)
+    rows = np.arange(q)[:, None]
+    full = np.argsort(np.where(valid, -scores, np.inf), axis=1, kind="stable")
+    own = full[:, :t]
+    own_ok = valid[rows, own]
+    if every < 2 or t == 0:
+        return _padded(np.where(own_ok, own, -1), take)
+    rank = np.empty((q, m), np.int64)
+    rank[rows, full] = np.arange(m)
+    co = np.broadcast_to(copurchase, (q, m))
+    partner = valid & (co > 0)
+    shift = max(1, m.bit_length())
+    key = np.where(partner, (_descending_bits(np.where(partner, co, 0)) << shift) | rank, np.iinfo(np.int64).max)
+    best = np.argpartition(key, t - 1, axis=1)[:, :t] if t < m else np.broadcast_to(np.arange(m), (q, m))
+    best = np.take_along_axis(best, np.argsort(np.take_along_axis(key, best, 1), axis=1), 1)  # keys distinct
+    co_ok = partner[rows, best]
+    never = np.int64(1) << 40
+    place = np.full((q, m), never)
+    place[rows, own] = np.where(own_ok, np.arange(t) + np.arange(t) // (every - 1), never)
+    # an entry in both orders keeps the earlier place
+    place[rows, best] = np.minimum(place[rows, best], np.where(co_ok, every * (np.arange(t) + 1) - 1, never))
+    served = np.argsort(place, axis=1)[:, :t]  # places distinct but for `never`, which stays out
+    return _padded(np.where(place[rows, served] < never, served, -1), take)
+
+
+def _padded(columns: np.ndarray, take: int) -> np.ndarray:
+    if columns.shape[1] == take:
+        return columns
+    return np.concatenate([columns, np.full((len(columns), take - columns.shape[1]), -1, np.int64)], axis=1)
 
 
 OUTSIDE_GAP = 1000.0  # below the pool by more than any popularity term of a blend: pool members stay first

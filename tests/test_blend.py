@@ -187,22 +187,44 @@ def test_blend_variants_scale_the_embedding_and_cut_popularity_only():
 
 
 def test_interleaving_gives_every_nth_place_to_the_copurchase_order():
-    from recsys.blend import interleave_keys, interleaved_scores
+    from recsys.blend import served_columns
 
     # one query, six pool members: the blend prefers 0 > 1 > ... > 5; co-purchases prefer 5 > 4 > 3
-    groups = np.zeros(6, np.int64)
-    blended = np.array([6.0, 5, 4, 3, 2, 1])
-    co = np.array([0.0, 0, 0, 1, 2, 3])
-    order = lambda every: list(np.argsort(interleave_keys(groups, blended, co, np.zeros(6), every), kind="stable"))  # noqa: E731
+    blended = np.array([[6.0, 5, 4, 3, 2, 1]], np.float32)
+    co = np.array([[0.0, 0, 0, 1, 2, 3]], np.float32)
+    valid = np.ones((1, 6), bool)
+    order = lambda every, c=co, v=valid, take=6: list(served_columns(blended, c, v, every, take)[0])  # noqa: E731
     assert order(0) == [0, 1, 2, 3, 4, 5]
     assert order(2) == [0, 5, 1, 4, 2, 3]
     assert order(3) == [0, 1, 5, 2, 3, 4]  # 3 is the blend's 4th (place 4) before its co-purchase place (8)
-    # ties in co-purchase weight go to the more popular; the (q, m) form orders rows alike, invalid last
-    co_tied = np.array([[0.0, 0, 0, 2, 2, 0]])
-    pop = np.array([[0.0, 0, 0, 1, 5, 0]])
-    valid = np.array([[True, True, True, True, True, False]])
-    scores = interleaved_scores(blended[None, :], co_tied, pop, valid, 2)
-    assert list(np.argsort(-scores[0], kind="stable")) == [0, 4, 1, 3, 2, 5] and scores[0, 5] == -np.inf
+    assert order(4) == [0, 1, 2, 5, 3, 4]
+    assert order(2, take=3) == [0, 5, 1]
+    # ties in co-purchase weight go in the blend's order; invalid entries are left out (-1 padded)
+    co_tied = np.array([[0.0, 0, 0, 2, 2, 0]], np.float32)
+    invalid_last = np.array([[True, True, True, True, True, False]])
+    assert order(2, co_tied, invalid_last) == [0, 3, 1, 4, 2, -1]
+    tied = np.array([[1.0, 1, 1, 1, 1, 1]], np.float32)  # blend ties to the lower column
+    assert list(served_columns(tied, co, valid, 0, 6)[0]) == [0, 1, 2, 3, 4, 5]
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.integers(1, 5), st.integers(1, 30), st.sampled_from([0, 2, 3, 4]), st.integers(1, 35),
+       st.integers(0, 2**31 - 1))
+def test_the_validation_orders_pools_as_the_client_serves_them(q, m, every, take, seed):
+    """The validation's numba ranking of a pool (blended.pool_order) equals the client's numpy one."""
+    from recsys.blend import served_columns
+    from recsys.recommenders.blended import pool_order
+
+    rng = np.random.default_rng(seed)
+    scores = np.round(rng.normal(size=(q, m)), 1).astype(np.float32)  # ties in the blend
+    co = np.where(rng.random((q, m)) < 0.5, rng.integers(1, 4, (q, m)) * 0.5, 0.0).astype(np.float32)  # and in co
+    valid = rng.random((q, m)) < 0.8
+    got = served_columns(scores, co, valid, every, take)
+    assert got.shape == (q, take)
+    for r in range(q):
+        idx = np.flatnonzero(valid[r])
+        want = idx[pool_order(scores[r, idx], co[r, idx], every, take)]
+        np.testing.assert_array_equal(got[r], np.r_[want, -np.ones(take - len(want), np.int64)])
 
 
 @pytest.mark.parametrize("interleave", [0, 2, 3])

@@ -36,7 +36,7 @@ import numba as nb
 import numpy as np
 from scipy.optimize import minimize
 
-from recsys.blend import FEATURES, Blend, CoPurchases, copurchase_rank, interleaved_scores, rank_outside_pool
+from recsys.blend import FEATURES, Blend, CoPurchases, rank_outside_pool, served_columns
 from recsys.data.cooccurrence import (DAY_S, category_best_sellers, category_partners, copurchase_matrix,
                                       top_partners)
 from recsys.data.dataset import Dataset
@@ -193,8 +193,30 @@ class _Segment:
         blend = blend or self.blend
         blended = blend.score(emb, self.log_pop[None, :], co, same, support)
         if blend.interleave:
-            blended = interleaved_scores(blended, co, self.log_pop[None, :], in_pool, blend.interleave)
+            blended = _interleaved_pools(blended, co, in_pool, blend.interleave)
         return rank_outside_pool(blended, emb, in_pool)
+
+
+def _interleaved_pools(blended: np.ndarray, co: np.ndarray, in_pool: np.ndarray, every: int) -> np.ndarray:
+    """Dense (q, n) blended scores with each row's pool ordered as interleaved (`served_columns`, the
+    client's code), as minus the place: the pools are packed into (q, largest pool) rows first, members in
+    column order."""
+    rows, cols = np.nonzero(in_pool)
+    starts = np.searchsorted(rows, np.arange(len(blended)))
+    slot = np.arange(len(rows)) - starts[rows]
+    width = int(slot.max(initial=-1)) + 1
+    packed = [np.zeros((len(blended), width), np.float32) for _ in range(2)]
+    valid = np.zeros((len(blended), width), bool)
+    for out, values in zip(packed, (blended[rows, cols], co[rows, cols])):
+        out[rows, slot] = values
+    valid[rows, slot] = True
+    order = served_columns(*packed, valid, every, width)
+    place = np.empty((len(blended), width), np.float32)
+    r, j = np.nonzero(order >= 0)
+    place[r, order[r, j]] = j
+    out = blended.copy()
+    out[rows, cols] = -place[rows, slot]
+    return out
 
 
 def fit_weights(features: list[np.ndarray], groups: np.ndarray, chosen: np.ndarray, l2: float,
@@ -237,8 +259,6 @@ class PoolEntries:
 
     def __post_init__(self) -> None:
         self.starts = np.searchsorted(self.groups, np.arange(len(self.n_targets) + 1))
-        # each entry's place in its query's co-purchase order: what an interleaving blend reserves places for
-        self.copurchase_rank = copurchase_rank(self.groups, self.features[:, 2], self.features[:, 1])
 
     def training_rows(self):
         """(features, groups, weight as a choice) of the queries whose pool holds a target."""
@@ -251,36 +271,91 @@ class PoolEntries:
         """(Recall@k, coverage@k) when each pool is ranked by `blend`: the top k lie in the pool."""
         scores = self.features @ np.asarray(blend.weights, np.float64)
         n_items = int(self.items.max(initial=-1)) + 1
-        hits, covered = _pool_top_k(self.starts, scores, self.copurchase_rank, int(blend.interleave), int(k),
-                                    self.target, self.items, n_items)
+        hits, covered = _pool_top_k(self.starts, scores, np.ascontiguousarray(self.features[:, 2]),
+                                    int(blend.interleave), int(k), self.target, self.items, n_items)
         has = self.n_targets > 0
         recall = float((hits[has] / np.minimum(self.n_targets[has], k)).mean()) if has.any() else 0.0
         return recall, float(covered.sum() / max(self.n_columns, 1))
 
 
+@nb.njit(inline="always", cache=True)
+def _insert(buf_a, buf_b, buf_e, n, t, ka, kb, e):
+    """Keep the t smallest (ka, kb, e) in the sorted buffers of length n; returns the new length."""
+    if n == t and (ka > buf_a[n - 1] or (ka == buf_a[n - 1] and (kb > buf_b[n - 1] or (kb == buf_b[n - 1]
+                                                                                       and e > buf_e[n - 1])))):
+        return n
+    i = n if n < t else t - 1
+    while i > 0 and (ka < buf_a[i - 1] or (ka == buf_a[i - 1] and (kb < buf_b[i - 1] or (kb == buf_b[i - 1]
+                                                                                         and e < buf_e[i - 1])))):
+        if i < t:
+            buf_a[i], buf_b[i], buf_e[i] = buf_a[i - 1], buf_b[i - 1], buf_e[i - 1]
+        i -= 1
+    buf_a[i], buf_b[i], buf_e[i] = ka, kb, e
+    return n + 1 if n < t else n
+
+
 @nb.njit(cache=True)
-def _pool_top_k(starts, scores, copurchase_rank, every, k, target, items, n_items):
-    """Per query: hits among the k first of its pool ranked as the blend serves it (by score, ties by entry
-    order; interleaved as `recsys.blend.interleave_keys` places them when every >= 2), and the items listed."""
+def pool_order(scores, copurchase, every, take):
+    """The first `take` of one pool's entries in the order served: by blended score (ties to the lower
+    entry) or, with `every` >= 2, interleaved: the blend's j-th best takes place j + j // (every - 1)
+    (skipping every `every`-th place), the i-th co-purchase partner (copurchase > 0; by weight, ties in the
+    blend's order) place every * (i + 1) - 1, an entry in both orders the earlier; places left empty close
+    up. An entry's place in either order bounds its final one from below, so the `take` best of each order
+    are all that can be served. The numba twin of `recsys.blend.served_columns` (serving has no numba), for
+    the validation's many rankings; a test holds the two equal."""
+    m = len(scores)
+    t = min(take, m)
+    out = np.empty(t, np.int64)
+    if t == 0:
+        return out
+    own_s, own_0, own = np.empty(t), np.zeros(t), np.empty(t, np.int64)
+    co_w, co_s, co = np.empty(t), np.empty(t), np.empty(t, np.int64)
+    n_own = n_co = 0
+    for e in range(m):
+        n_own = _insert(own_s, own_0, own, n_own, t, -scores[e], 0.0, e)
+        if every >= 2 and copurchase[e] > 0:
+            n_co = _insert(co_w, co_s, co, n_co, t, -copurchase[e], -scores[e], e)
+    if every < 2:
+        return own[:t]
+    size = t + t // (every - 1) + every * (n_co + 1)
+    slots = np.full(size, -1, np.int64)
+    for j in range(n_own):
+        slots[j + j // (every - 1)] = own[j]
+    for i in range(n_co):
+        place = every * (i + 1) - 1
+        e = co[i]
+        for j in range(n_own):  # already placed earlier by the blend?
+            if own[j] == e:
+                break
+        else:
+            j = -1
+        if j >= 0 and j + j // (every - 1) < place:
+            continue
+        if j >= 0:
+            slots[j + j // (every - 1)] = -1
+        slots[place] = e
+    n = 0
+    for p in range(size):
+        if slots[p] >= 0 and n < t:
+            out[n] = slots[p]
+            n += 1
+    return out[:n]
+
+
+@nb.njit(cache=True)
+def _pool_top_k(starts, scores, copurchase, every, k, target, items, n_items):
+    """Per query: hits among the k first of its pool in the order served (`pool_order`), and
+    the items listed."""
     n_groups = len(starts) - 1
     hits = np.zeros(n_groups)
     covered = np.zeros(n_items, np.bool_)
     for g in range(n_groups):
         a, b = starts[g], starts[g + 1]
-        m = b - a
-        if m == 0:
+        if b == a:
             continue
-        order = np.argsort(-scores[a:b], kind="mergesort")
-        if every >= 2:
-            key = np.empty(m)
-            for j in range(m):
-                e = order[j]
-                place = j + j // (every - 1)
-                r = copurchase_rank[a + e]
-                key[e] = min(place, every * (r + 1) - 1) if r >= 0 else place
-            order = np.argsort(key, kind="mergesort")
+        order = pool_order(scores[a:b], copurchase[a:b], every, k)
         h = 0.0
-        for j in range(min(k, m)):
+        for j in range(len(order)):
             e = a + order[j]
             if target[e]:
                 h += 1.0

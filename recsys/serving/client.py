@@ -39,7 +39,7 @@ from typing import Iterable, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
-from recsys.blend import interleaved_scores
+from recsys.blend import served_columns
 from recsys.errors import UserError
 from recsys.serving.bundle import Bundle, cold_start_vectors, open_bundle
 from recsys.vectors import ID_FEATURE, PRICE_TIER, Scorer, attention_weights, clean_value, price_tier_codes
@@ -704,17 +704,19 @@ def _blended_search(snap: _Snapshot, index, vectors: np.ndarray, anchors: np.nda
     else:
         known = (anchors > 0) & (anchors < len(graph.category_support))
         support = np.where(known, graph.category_support[np.where(known, anchors, 0)], 0.0)
-    copurchase, log_pop = lists.lookup(anchors, candidates), graph.log_popularity[safe]
-    scores = blend.score(index.score_candidates(vectors, candidates), log_pop, copurchase, same,
+    copurchase = lists.lookup(anchors, candidates)
+    scores = blend.score(index.score_candidates(vectors, candidates), graph.log_popularity[safe], copurchase, same,
                          support[:, None].astype(np.float32))
-    if blend.interleave:  # minus each one's place in the interleaved list (recsys/blend.py)
-        scores = interleaved_scores(scores, copurchase, log_pop, valid, blend.interleave)
-    scores = np.where(valid, scores, -np.inf)
     take = min(n, candidates.shape[1])
-    top = np.argsort(-scores, axis=1, kind="stable")[:, :take]
-    rows = np.take_along_axis(candidates, top, 1)
-    scores = np.take_along_axis(scores, top, 1)
-    return scores, np.where(np.isfinite(scores), rows, -1)
+    # the pool in the order served (recsys/blend.py: by blended score, ties to the lower row; or interleaved)
+    top = served_columns(scores, copurchase, valid, blend.interleave, take)
+    found = top >= 0
+    rows = np.where(found, np.take_along_axis(candidates, np.maximum(top, 0), 1), -1)
+    if blend.interleave:  # an interleaved list's scores: minus the place (0, -1, ...), an order
+        scores = np.broadcast_to(-np.arange(take, dtype=np.float32), top.shape)
+    else:
+        scores = np.take_along_axis(scores, np.maximum(top, 0), 1)
+    return np.where(found, scores, -np.inf), rows
 
 
 def _neighbors(snap: _Snapshot, query: _Query, scores: list[float], rows: list[int], k: int) -> list[Neighbor]:
