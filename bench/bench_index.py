@@ -147,7 +147,7 @@ def client_latency(index, args) -> dict:
                           scorers={"warm": {"kind": "inout_prior", "beta": 0.3}}, metrics={},
                           watermark={"n_items": n})
     if not args.no_graph:
-        parts.graph = random_graph_evidence(n, len(categories), rng, top_m=args.top_m)
+        parts.graph = random_graph_evidence(n, len(categories), rng, top_m=args.top_m, interleave=args.interleave)
     root = tempfile.mkdtemp(prefix="bench-index-bundle-")
     try:
         client = Client.open(B.write_bundle(root, None, parts))
@@ -173,14 +173,14 @@ def client_latency(index, args) -> dict:
     finally:
         shutil.rmtree(root, ignore_errors=True)
     ms = lambda xs, p: round(1e3 * float(np.percentile(xs, p)), 4)
-    return {"client_graph": not args.no_graph, "top_m": args.top_m,
+    return {"client_graph": not args.no_graph, "top_m": args.top_m, "interleave": args.interleave,
             "client_similar_p50_ms": ms(single, 50), "client_similar_p99_ms": ms(single, 99),
             "client_similar_batch_1000_s": round(batch_s, 4),
             "client_similar_batch_1000_arrays_s": round(batch_arrays_s, 4),
             "client_new_item_p50_ms": ms(new, 50), "client_new_item_p99_ms": ms(new, 99)}
 
 
-def random_graph_evidence(n: int, n_categories: int, rng, top_m: int = 100):
+def random_graph_evidence(n: int, n_categories: int, rng, top_m: int = 100, interleave: int = 0):
     """The shipped ranking's re-ranking evidence with full lists: top_m partners per item and category, every
     blend weight non-zero (the client's slowest path)."""
     from recsys.blend import Blend, CoPurchases
@@ -195,7 +195,7 @@ def random_graph_evidence(n: int, n_categories: int, rng, top_m: int = 100):
         weight = rng.gamma(1.0, 1.0, keep.sum()).astype(np.float32)
         return CoPurchases(indptr, partners[keep], weight, n)
 
-    blend = Blend((0.6, -0.2, 0.4, 0.3, 0.05, 0.1), pool=100)
+    blend = Blend((0.6, -0.2, 0.4, 0.3, 0.05, 0.1), pool=100, interleave=interleave)
     return GraphEvidence(blend, blend, lists(n), lists(n_categories), rng.gamma(2.0, 1.0, n).astype(np.float32),
                          rng.gamma(8.0, 1.0, n_categories).astype(np.float32), lists(n_categories), {})
 
@@ -217,6 +217,8 @@ def main() -> None:
     parser.add_argument("--no-graph", action="store_true",
                         help="client without the shipped ranking's co-purchase re-ranking (format-1 path)")
     parser.add_argument("--top-m", type=int, default=100, help="co-purchase partners per item in the bundle")
+    parser.add_argument("--interleave", type=int, default=0,
+                        help="the blend gives every n-th place to co-purchases (recsys/blend.py; 0 = not)")
     print(json.dumps(run(parser.parse_args())))
 
 

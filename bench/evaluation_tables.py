@@ -25,7 +25,8 @@ def blend_line(line: dict) -> str:
     half = "none" if share is None else f"{share:g} of the span"
     return (f"Shipped blend, chosen on {c['n_warm_queries']:,} warm / {c['n_cold_queries']:,} cold validation "
             f"queries ({c['cold_fitted_on']}): half-life {half}, embedding scale {c['embedding_scale']:g}, "
-            f"popularity cut {c['popularity_cut']:g}; warm weights {_weights(c['warm'])}; cold weights "
+            f"popularity cut {c['popularity_cut']:g}, interleaving "
+            f"{'every ' + str(c['interleave']) + ' places' if c.get('interleave') else 'none'}; warm weights {_weights(c['warm'])}; cold weights "
             f"{_weights(c['cold'])}. Bought-together counts' validation coverage@20: "
             f"{c['bought_together_coverage@20']:.3f}. Wall time {line['seconds']:.0f} s.")
 
