@@ -231,12 +231,17 @@ def served_columns(scores: np.ndarray, copurchase: np.ndarray, valid: np.ndarray
     best = np.take_along_axis(best, np.argsort(np.take_along_axis(key, best, 1), axis=1), 1)  # keys distinct
     co_ok = partner[rows, best]
     never = np.int64(1) << 40
-    place = np.full((q, m), never)
-    place[rows, own] = np.where(own_ok, np.arange(t) + np.arange(t) // (every - 1), never)
-    # an entry in both orders keeps the earlier place
-    place[rows, best] = np.minimum(place[rows, best], np.where(co_ok, every * (np.arange(t) + 1) - 1, never))
-    served = np.argsort(place, axis=1)[:, :t]  # places distinct but for `never`, which stays out
-    return _padded(np.where(place[rows, served] < never, served, -1), take)
+    own_place = np.where(own_ok, np.arange(t) + np.arange(t) // (every - 1), never)
+    co_place = np.where(co_ok, every * (np.arange(t) + 1) - 1, never)
+    # an entry in both orders keeps the earlier place, and is listed once (with the blend's entries)
+    in_own = rank[rows, best] < t
+    at = np.minimum(rank[rows, best], t - 1)
+    lowered = np.where(in_own, np.minimum(own_place[rows, at], co_place), never)
+    np.minimum.at(own_place, (np.broadcast_to(rows, best.shape)[in_own], at[in_own]), lowered[in_own])
+    entries = np.concatenate([own, best], axis=1)
+    places = np.concatenate([own_place, np.where(in_own, never, co_place)], axis=1)
+    served = np.argsort(places, axis=1)[:, :t]  # places distinct but for `never`, which stays out
+    return _padded(np.where(places[rows, served] < never, entries[rows, served], -1), take)
 
 
 def _padded(columns: np.ndarray, take: int) -> np.ndarray:
