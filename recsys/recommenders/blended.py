@@ -45,7 +45,7 @@ from recsys.embed.trained import TrainedModel
 from recsys.evaluation.metrics import score_queries
 from recsys.evaluation.protocol import PreparedEvaluation, prepare
 from recsys.evaluation.queries import QuerySet
-from recsys.evaluation.ranking import top_columns
+from recsys.evaluation.ranking import _keep_best, top_columns
 from recsys.recommenders.compressed import CompressedRecommender
 from recsys.recommenders.eges import EGESRecommender
 from recsys.vectors import Scorer, log_popularity
@@ -258,7 +258,10 @@ class PoolEntries:
     n_columns: int  # candidates the coverage is a share of
 
     def __post_init__(self) -> None:
+        # what every measure needs (the choice measures hundreds of candidates on the same pools)
         self.starts = np.searchsorted(self.groups, np.arange(len(self.n_targets) + 1))
+        self.copurchase = np.ascontiguousarray(self.features[:, 2])
+        self.n_items = int(self.items.max(initial=-1)) + 1
 
     def training_rows(self):
         """(features, groups, weight as a choice) of the queries whose pool holds a target."""
@@ -270,27 +273,27 @@ class PoolEntries:
     def measure(self, blend: Blend, k: int = 20) -> tuple[float, float]:
         """(Recall@k, coverage@k) when each pool is ranked by `blend`: the top k lie in the pool."""
         scores = self.features @ np.asarray(blend.weights, np.float64)
-        n_items = int(self.items.max(initial=-1)) + 1
-        hits, covered = _pool_top_k(self.starts, scores, np.ascontiguousarray(self.features[:, 2]),
-                                    int(blend.interleave), int(k), self.target, self.items, n_items)
+        hits, covered = _pool_top_k(self.starts, scores, self.copurchase, int(blend.interleave), int(k),
+                                    self.target, self.items, self.n_items)
         has = self.n_targets > 0
         recall = float((hits[has] / np.minimum(self.n_targets[has], k)).mean()) if has.any() else 0.0
         return recall, float(covered.sum() / max(self.n_columns, 1))
 
 
 @nb.njit(inline="always", cache=True)
-def _insert(buf_a, buf_b, buf_e, n, t, ka, kb, e):
-    """Keep the t smallest (ka, kb, e) in the sorted buffers of length n; returns the new length."""
-    if n == t and (ka > buf_a[n - 1] or (ka == buf_a[n - 1] and (kb > buf_b[n - 1] or (kb == buf_b[n - 1]
-                                                                                       and e > buf_e[n - 1])))):
+def _keep_best_partners(buf_w, buf_s, buf_e, n, w, sc, e):
+    """`ranking._keep_best` with a second key: keep the best (weight desc, then score desc, then entry
+    asc) partners in buffers of which n slots are filled; returns how many are filled now."""
+    t = len(buf_w)
+    if n == t and (w < buf_w[t - 1] or (w == buf_w[t - 1] and (sc < buf_s[t - 1] or (sc == buf_s[t - 1]
+                                                                                       and e > buf_e[t - 1])))):
         return n
     i = n if n < t else t - 1
-    while i > 0 and (ka < buf_a[i - 1] or (ka == buf_a[i - 1] and (kb < buf_b[i - 1] or (kb == buf_b[i - 1]
+    while i > 0 and (w > buf_w[i - 1] or (w == buf_w[i - 1] and (sc > buf_s[i - 1] or (sc == buf_s[i - 1]
                                                                                          and e < buf_e[i - 1])))):
-        if i < t:
-            buf_a[i], buf_b[i], buf_e[i] = buf_a[i - 1], buf_b[i - 1], buf_e[i - 1]
+        buf_w[i], buf_s[i], buf_e[i] = buf_w[i - 1], buf_s[i - 1], buf_e[i - 1]
         i -= 1
-    buf_a[i], buf_b[i], buf_e[i] = ka, kb, e
+    buf_w[i], buf_s[i], buf_e[i] = w, sc, e
     return n + 1 if n < t else n
 
 
@@ -308,13 +311,13 @@ def pool_order(scores, copurchase, every, take):
     out = np.empty(t, np.int64)
     if t == 0:
         return out
-    own_s, own_0, own = np.empty(t), np.zeros(t), np.empty(t, np.int64)
+    own_s, own = np.empty(t), np.empty(t, np.int64)
     co_w, co_s, co = np.empty(t), np.empty(t), np.empty(t, np.int64)
     n_own = n_co = 0
     for e in range(m):
-        n_own = _insert(own_s, own_0, own, n_own, t, -scores[e], 0.0, e)
+        n_own = _keep_best(own_s, own, n_own, scores[e], e)
         if every >= 2 and copurchase[e] > 0:
-            n_co = _insert(co_w, co_s, co, n_co, t, -copurchase[e], -scores[e], e)
+            n_co = _keep_best_partners(co_w, co_s, co, n_co, copurchase[e], scores[e], e)
     if every < 2:
         return own[:t]
     size = t + t // (every - 1) + every * (n_co + 1)
@@ -450,8 +453,8 @@ class BlendedRecommender:
         simulated = _simulated_cold(prep, cfg.simulated_cold_queries, self.eges.config.seed)
         cold_queries = prep.cold_queries if prep.cold_queries.n_queries >= cfg.min_cold_queries else simulated
         warm_segs, cold_segs = [], []
-        for share in cfg.half_lives:
-            days = _half_life_days(share, vtrain)
+        days_of = [_half_life_days(share, vtrain) for share in cfg.half_lives]
+        for days in days_of:
             matrix = (plain if days is None and not cfg.distinct_users else
                       copurchase_matrix(vtrain, self.session_gap_s, days, distinct_users=cfg.distinct_users))
             items, cats = top_partners(matrix, cfg.top_m), category_partners(vtrain, matrix, cfg.top_m)
@@ -467,9 +470,8 @@ class BlendedRecommender:
                          pool_entries(cold_segs, prep.cold_queries, False) if prep.cold_queries.n_queries else
                          [None] * len(cold_segs))
         candidates = []
-        for share, warm_seg, cold_seg, warm_pools, cold_pools, real_cold in zip(
-                cfg.half_lives, warm_segs, cold_segs, all_warm_pools, all_cold_pools, all_real_cold):
-            days = _half_life_days(share, vtrain)
+        for share, days, warm_seg, cold_seg, warm_pools, cold_pools, real_cold in zip(
+                cfg.half_lives, days_of, warm_segs, cold_segs, all_warm_pools, all_cold_pools, all_real_cold):
             warm_seg.blend = Blend(self._fit(warm_pools.training_rows()), cfg.pool)
             cold_fitted = Blend(self._fit(cold_pools.training_rows()), cfg.pool)
             # the fitted cold blend against the embedding alone, on the same cold queries: few and new, they
