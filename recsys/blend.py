@@ -133,18 +133,23 @@ class CoPurchases:
 
     def padded(self, anchors: np.ndarray) -> np.ndarray:
         """(len(anchors), max list length) partners of each anchor, -1 padded."""
+        return self.padded_with_weights(anchors)[0]
+
+    def padded_with_weights(self, anchors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """`padded` and each partner's weight beside it (0 in the padding)."""
         anchors = np.asarray(anchors, np.int64)
         valid = (anchors >= 0) & (anchors < self.n_anchors)
         safe = np.where(valid, anchors, 0)
         lengths = np.where(valid, self.indptr[safe + 1] - self.indptr[safe], 0)
         width = int(lengths.max(initial=0))
         out = np.full((len(anchors), width), -1, np.int64)
+        weight = np.zeros((len(anchors), width), np.float32)
         if width:
             cols = np.arange(width)
             take = cols[None, :] < lengths[:, None]
-            idx = self.indptr[safe][:, None] + cols[None, :]
-            out[take] = self.items[idx[take]]
-        return out
+            idx = (self.indptr[safe][:, None] + cols[None, :])[take]
+            out[take], weight[take] = self.items[idx], self.weight[idx]
+        return out, weight
 
     def remap(self, new_number: np.ndarray, n_candidates: int) -> "CoPurchases":
         """The same lists with partners renumbered (new_number[p], -1 = drop), e.g. positions -> index rows."""
@@ -196,10 +201,44 @@ class CoPurchases:
         return int(self.indptr.nbytes + self.items.nbytes + self.weight.nbytes)
 
 
+def merge_candidates(unweighted: np.ndarray, partners: np.ndarray, weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's candidates once, ascending (-1 where a duplicate or padding was), and their co-purchase
+    weight: `weight` for those in `partners` (`CoPurchases.padded_with_weights`), 0 for the others.
+
+    The weights come with the sort (a partner carries its column in the key's low bits and outlasts an
+    unweighted copy of itself), so the lists need no search per candidate.
+    """
+    unweighted, partners = np.asarray(unweighted, np.int64), np.asarray(partners, np.int64)
+    shift = max(1, (partners.shape[1] + 1).bit_length())
+    columns = np.arange(1, partners.shape[1] + 1, dtype=np.int64)
+    keys = np.concatenate([np.where(unweighted >= 0, unweighted << shift, -1),
+                           np.where(partners >= 0, (partners << shift) | columns, -1)], axis=1)
+    keys.sort(axis=1)
+    candidates = keys >> shift  # -1 stays -1
+    candidates[:, :-1][candidates[:, :-1] == candidates[:, 1:]] = -1  # the last copy has the partner column
+    column = np.where(candidates >= 0, keys & ((1 << shift) - 1), 0)
+    listed = column > 0
+    copurchase = np.zeros(candidates.shape, np.float32)
+    if listed.any():
+        rows = np.broadcast_to(np.arange(len(keys))[:, None], keys.shape)
+        copurchase[listed] = np.asarray(weight, np.float32)[rows[listed], column[listed] - 1]
+    return candidates, copurchase
+
+
 def _descending_bits(values: np.ndarray) -> np.ndarray:
     """Non-negative float32 values as int64 keys in the reverse order (larger first), exactly."""
     bits = (np.asarray(values, np.float32) + np.float32(0.0)).view(np.uint32).astype(np.int64)
     return (1 << 31) - bits  # a non-negative float's bits grow with it
+
+
+def _blend_keys(scores: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """int64 keys ascending in the blend's order: higher score first, ties to the lower column, invalid last."""
+    q, m = scores.shape
+    bits = (np.asarray(scores, np.float32) + np.float32(0.0)).view(np.int32).astype(np.int64)  # -0.0 is 0.0
+    ordered = bits ^ ((bits >> 31) & 0x7FFFFFFF)  # a float's bits made to grow with it, negatives too
+    shift = max(1, m.bit_length())
+    descending = np.where(valid, np.int64(1 << 31) - ordered, np.int64((1 << 32) + 1))  # in 1..2^32; invalid after
+    return (descending << shift) | np.arange(m, dtype=np.int64)  # distinct: a stable sort's order
 
 
 def served_columns(scores: np.ndarray, copurchase: np.ndarray, valid: np.ndarray, every: int,
@@ -216,7 +255,15 @@ def served_columns(scores: np.ndarray, copurchase: np.ndarray, valid: np.ndarray
     q, m = scores.shape
     t = min(int(take), m)
     rows = np.arange(q)[:, None]
-    full = np.argsort(np.where(valid, -scores, np.inf), axis=1, kind="stable")
+    if q >= 32:  # a batch: integer keys sort faster than a stable float sort (a few rows: not worth the key)
+        key = _blend_keys(scores, valid)
+        if every < 2 or t == 0:  # the blend's order alone: only its first t are needed
+            own = np.argpartition(key, t - 1, axis=1)[:, :t] if 0 < t < m else np.broadcast_to(np.arange(t), (q, t))
+            own = np.take_along_axis(own, np.argsort(np.take_along_axis(key, own, 1), axis=1), 1)
+            return _padded(np.where(valid[rows, own], own, -1), take)
+        full = np.argsort(key, axis=1)
+    else:
+        full = np.argsort(np.where(valid, -scores, np.inf), axis=1, kind="stable")
     own = full[:, :t]
     own_ok = valid[rows, own]
     if every < 2 or t == 0:

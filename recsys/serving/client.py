@@ -39,7 +39,7 @@ from typing import Iterable, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
-from recsys.blend import served_columns
+from recsys.blend import merge_candidates, served_columns
 from recsys.errors import UserError
 from recsys.serving.bundle import Bundle, cold_start_vectors, open_bundle
 from recsys.vectors import ID_FEATURE, PRICE_TIER, Scorer, attention_weights, clean_value, price_tier_codes
@@ -686,13 +686,18 @@ def _blended_search(snap: _Snapshot, index, vectors: np.ndarray, anchors: np.nda
     lists = graph.item_partners if warm else graph.category_partners
     extra = 1 if warm else 0  # a warm query's own item comes back from the index
     pool = index.candidate_pool(vectors, max(n, blend.pool + extra), allowed=allowed)
-    partners = lists.padded(anchors) if blend.uses_copurchases else np.zeros((len(anchors), 0), np.int64)
+    if blend.uses_copurchases:
+        partners, weight = lists.padded_with_weights(anchors)
+    else:
+        partners, weight = np.zeros((len(anchors), 0), np.int64), np.zeros((len(anchors), 0), np.float32)
+
+    def allow(rows: np.ndarray) -> np.ndarray:  # (the index's pool already honours the filter)
+        return rows if allowed is None else np.where((rows >= 0) & allowed[np.maximum(rows, 0)], rows, -1)
+
     if not warm:  # a new item's own kind: its category's best sellers
-        partners = np.concatenate([partners, graph.category_members.padded(anchors)], axis=1)
-    if allowed is not None and partners.size:
-        partners = np.where((partners >= 0) & allowed[np.maximum(partners, 0)], partners, -1)
-    candidates = np.sort(np.concatenate([pool, partners], axis=1), axis=1)
-    candidates[:, 1:][candidates[:, 1:] == candidates[:, :-1]] = -1  # each candidate once
+        pool = np.concatenate([pool, allow(graph.category_members.padded(anchors))], axis=1)
+    partners = allow(partners)
+    candidates, copurchase = merge_candidates(pool, partners, weight)  # each candidate once, ascending
     if warm:  # the query's own item is no answer: out of the ranking (an interleaved one counts places)
         candidates[candidates == snap.index_row[anchors][:, None]] = -1
     valid = candidates >= 0
@@ -704,7 +709,6 @@ def _blended_search(snap: _Snapshot, index, vectors: np.ndarray, anchors: np.nda
     else:
         known = (anchors > 0) & (anchors < len(graph.category_support))
         support = np.where(known, graph.category_support[np.where(known, anchors, 0)], 0.0)
-    copurchase = lists.lookup(anchors, candidates)
     scores = blend.score(index.score_candidates(vectors, candidates), graph.log_popularity[safe], copurchase, same,
                          support[:, None].astype(np.float32))
     take = min(n, candidates.shape[1])

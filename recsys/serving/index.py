@@ -708,7 +708,7 @@ class SimilarityIndex:
             safe = np.maximum(ids, 0)
             for start in range(0, len(q), RESCORE_BLOCK):
                 stop = start + RESCORE_BLOCK
-                scores[start:stop] = np.einsum("qd,qkd->qk", q[start:stop], table[safe[start:stop]])
+                scores[start:stop] = np.matmul(table[safe[start:stop]], q[start:stop, :, None])[:, :, 0]
             return np.where(ids >= 0, scores, np.float32(-np.inf))
         rows = np.unique(ids[ids >= 0])
         if len(rows) == 0:
