@@ -1,6 +1,8 @@
 """The shipped ranking: co-purchase lists, the blend's fit, and the client serving what evaluation measured."""
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import scipy.sparse as sp
@@ -182,6 +184,39 @@ def test_the_client_serves_the_ranking_the_evaluation_measured(shop, tmp_path, i
     same = client.similar(item, k=10, same_category=True)
     assert same and all(n.category == snap.category_names[snap.position[item]] for n in same)
     assert same[0].item_id not in [n.item_id for n in client.similar(item, k=10, exclude=[same[0].item_id])]
+
+
+def test_a_new_item_is_served_the_cold_blend_the_evaluation_measured_for_every_cold_candidate(shop, tmp_path):
+    """The cold candidates beyond the fitted blend (the embedding alone, the category's baselines as blends)
+    are served by the client as the evaluation scored them."""
+    from recsys.recommenders.blended import COLD_BASELINES, START
+
+    ds = shop.to_dataset()
+    config = PipelineConfig(train=SMALL_TRAIN, scoring=ScorerConfig(validation_queries=500), index=SMALL_INDEX,
+                            blend=dataclasses.replace(SMALL_BLEND, interleaves=(0,)))
+    shipped = train_final(ds, config, progress=False)
+    tried = shipped.choice["cold_candidates"]
+    assert len(tried) == len(SMALL_BLEND.half_lives) and all(
+        set(t["candidates"]) == {"fitted", *COLD_BASELINES} and t["chosen"] in t["candidates"] for t in tried)
+    shipped.base.fit(ds)
+    # one item of each of the first categories, asked for as a new product with its own side features
+    positions = [int(np.flatnonzero(ds.category.codes == c)[0]) for c in np.unique(ds.category.codes)[:8]]
+    for name, weights in {"embedding alone": START, **COLD_BASELINES}.items():
+        shipped.prepare(ds, {**shipped.choice, "cold": Blend(weights, SMALL_BLEND.pool).to_dict()})
+        client = Client(open_bundle(write_bundle(tmp_path / name.replace(" ", "-"), None,
+                                                 build_parts(shipped, ds, config, {}))))
+        overlaps = []
+        for pos in positions:
+            dense = shipped.score_cold(np.array([pos]))[0]
+            dense[~shipped.candidates] = -np.inf
+            want = {ds.item_ids[i] for i in np.argsort(-dense, kind="stable")[:10]}
+            brand = ds.brand.values[ds.brand.codes[pos]] if ds.brand.codes[pos] else None
+            price = None if np.isnan(ds.price[pos]) else float(ds.price[pos])
+            extras = {sf.name: sf.values[sf.codes[pos]] for sf in ds.extra_features if sf.codes[pos]}
+            got = {n.item_id for n in client.similar_to_new_item(category=ds.category.values[ds.category.codes[pos]],
+                                                                 brand=brand, price=price, k=10, **extras)}
+            overlaps.append(len(want & got) / 10)
+        assert overlaps and np.mean(overlaps) >= 0.95, (name, overlaps)
 
 
 def test_blend_variants_scale_the_embedding_and_cut_popularity_only():

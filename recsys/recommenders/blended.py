@@ -21,8 +21,9 @@ period):
    widest lists); every candidate's numbers are kept in
    `self.choice["candidates"]` (the manifest records them).
 
-The cold blend is the fitted one or the embedding alone, whichever ranks
-the cold validation queries better; with fewer than `min_cold_queries` of
+The cold blend is the fitted one, the embedding alone, or one of the
+category's baselines written as a blend (`COLD_BASELINES`), whichever ranks
+the cold validation queries best; with fewer than `min_cold_queries` of
 them it is fitted on warm validation anchors answered from their side
 features alone (the situation of a new product). Then the co-purchase
 lists of the whole training period with the chosen half-life.
@@ -120,6 +121,11 @@ def pool_mask(scores: np.ndarray, pool: int, partners: np.ndarray, allowed: np.n
 
 
 START = (1.0, 0.0, 0.0, 0.0, 0.0, 0.0)  # the fit starts from the embedding's own ranking
+# a new product's baselines as blends of a cold pool (its category's best sellers and co-purchases are in it):
+# the category's items by popularity first (category popularity), and the category's co-purchase weights
+# (its bought-together counts; popularity breaks their ties); FEATURES order
+COLD_BASELINES = {"category popularity": (0.0, 1.0, 0.0, 100.0, 0.0, 0.0),
+                  "category bought-together": (0.0, 1e-3, 1.0, 0.0, 0.0, 0.0)}
 
 
 class _Segment:
@@ -469,14 +475,21 @@ class BlendedRecommender:
         all_real_cold = (all_cold_pools if cold_queries is prep.cold_queries else
                          pool_entries(cold_segs, prep.cold_queries, False) if prep.cold_queries.n_queries else
                          [None] * len(cold_segs))
-        candidates = []
+        candidates, cold_tried = [], []
         for share, days, warm_seg, cold_seg, warm_pools, cold_pools, real_cold in zip(
                 cfg.half_lives, days_of, warm_segs, cold_segs, all_warm_pools, all_cold_pools, all_real_cold):
             warm_seg.blend = Blend(self._fit(warm_pools.training_rows()), cfg.pool)
-            cold_fitted = Blend(self._fit(cold_pools.training_rows()), cfg.pool)
-            # the fitted cold blend against the embedding alone, on the same cold queries: few and new, they
-            # can mislead a fit, and a blend must not serve a new product worse than the embedding does
-            cold_seg.blend = max((cold_fitted, Blend(START, cfg.pool)), key=lambda b: cold_pools.measure(b)[0])
+            # the fitted cold blend against the embedding alone and the category's own baselines, on the same
+            # cold queries: few and new, they can mislead a fit, and a new product must not be served worse
+            # than the embedding or its category's counts serve it (ties: the earlier, the fitted one first)
+            tried = {"fitted": Blend(self._fit(cold_pools.training_rows()), cfg.pool),
+                     **{name: Blend(weights, cfg.pool) for name, weights in COLD_BASELINES.items()}}
+            measured = {name: cold_pools.measure(blend)[0] for name, blend in tried.items()}
+            chosen = max(measured, key=measured.get)
+            cold_seg.blend = tried[chosen]
+            cold_tried.append({"half_life_share": share, "chosen": chosen,
+                               "candidates": {name: {"blend": tried[name].to_dict(), "cold_recall@20": r}
+                                              for name, r in measured.items()}})
             beta = self.eges.warm_scorer.beta if self.eges.warm_scorer.kind == "inout_prior" else 0.0
             variants = {(cut, scale, every): _variant(warm_seg.blend, cut, scale, beta, every)
                         for every in cfg.interleaves for cut in cfg.popularity_cuts for scale in cfg.embedding_scales}
@@ -495,7 +508,7 @@ class BlendedRecommender:
         return {"half_life_share": best["half_life_share"], "popularity_cut": best["popularity_cut"],
                 "embedding_scale": best["embedding_scale"], "interleave": best["interleave"],
                 "warm": best["warm"], "cold": best["cold"],
-                "candidates": candidates, "bought_together_coverage@20": counts_cov,
+                "candidates": candidates, "cold_candidates": cold_tried, "bought_together_coverage@20": counts_cov,
                 "cold_fitted_on": ("cold validation queries" if cold_queries is prep.cold_queries else
                                    "warm validation anchors answered from side features"),
                 "n_warm_queries": prep.warm_queries.n_queries, "n_cold_queries": cold_queries.n_queries}

@@ -686,7 +686,7 @@ def _blended_search(snap: _Snapshot, index, vectors: np.ndarray, anchors: np.nda
     lists = graph.item_partners if warm else graph.category_partners
     extra = 1 if warm else 0  # a warm query's own item comes back from the index
     pool = index.candidate_pool(vectors, max(n, blend.pool + extra), allowed=allowed)
-    if blend.uses_copurchases:
+    if blend.uses_copurchases or not warm:  # a new item's pool always holds its category's co-purchases
         partners, weight = lists.padded_with_weights(anchors)
     else:
         partners, weight = np.zeros((len(anchors), 0), np.int64), np.zeros((len(anchors), 0), np.float32)
