@@ -197,7 +197,7 @@ def test_a_new_item_is_served_the_cold_blend_the_evaluation_measured_for_every_c
     shipped = train_final(ds, config, progress=False)
     tried = shipped.choice["cold_candidates"]
     assert len(tried) == len(SMALL_BLEND.half_lives) and all(
-        set(t["candidates"]) == {"fitted", *COLD_BASELINES} and t["chosen"] in t["candidates"] for t in tried)
+        set(t["candidates"]) == {"embedding alone", "fitted", *COLD_BASELINES} and t["chosen"] in t["candidates"] for t in tried)
     shipped.base.fit(ds)
     # one item of each of the first categories, asked for as a new product with its own side features
     positions = [int(np.flatnonzero(ds.category.codes == c)[0]) for c in np.unique(ds.category.codes)[:8]]
@@ -217,6 +217,26 @@ def test_a_new_item_is_served_the_cold_blend_the_evaluation_measured_for_every_c
                                                                  brand=brand, price=price, k=10, **extras)}
             overlaps.append(len(want & got) / 10)
         assert overlaps and np.mean(overlaps) >= 0.95, (name, overlaps)
+
+
+def test_a_cold_candidate_replaces_the_embedding_only_beyond_noise():
+    from recsys.recommenders.blended import _choose_cold
+
+    rng = np.random.default_rng(0)
+    base = rng.random(400)
+    recalls = {"embedding alone": base, "noisy": base + rng.normal(0, 0.2, 400) + 0.005,
+               "better": base + 0.05 + rng.normal(0, 0.02, 400), "best": base + 0.08 + rng.normal(0, 0.02, 400)}
+
+    class Pools:  # per-query recalls by candidate (PoolEntries.per_query's answer)
+        def per_query(self, blend):
+            return recalls[names[blend.weights]], 0.0
+
+    blends = {name: Blend((1.0 - i / 10, 0.0, 0.0, 0.0, 0.0, 0.0)) for i, name in enumerate(recalls)}
+    names = {b.weights: n for n, b in blends.items()}
+    chosen, record = _choose_cold({n: blends[n] for n in ("embedding alone", "noisy")}, Pools(), 2.0)
+    assert chosen == "embedding alone" and record["noisy"]["gain_over_embedding"] > 0  # a gain within noise
+    assert _choose_cold(blends, Pools(), 2.0)[0] == "best"
+    assert _choose_cold({n: blends[n] for n in ("embedding alone", "noisy", "better")}, Pools(), 2.0)[0] == "better"
 
 
 def test_blend_variants_scale_the_embedding_and_cut_popularity_only():

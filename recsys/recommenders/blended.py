@@ -21,9 +21,9 @@ period):
    widest lists); every candidate's numbers are kept in
    `self.choice["candidates"]` (the manifest records them).
 
-The cold blend is the fitted one, the embedding alone, or one of the
-category's baselines written as a blend (`COLD_BASELINES`), whichever ranks
-the cold validation queries best; with fewer than `min_cold_queries` of
+The cold blend is the embedding alone unless the fitted one, or one of
+the category's baselines written as a blend (`COLD_BASELINES`), ranks the
+cold validation queries better beyond noise (`_choose_cold`); with fewer than `min_cold_queries` of
 them it is fitted on warm validation anchors answered from their side
 features alone (the situation of a new product). Then the co-purchase
 lists of the whole training period with the chosen half-life.
@@ -84,6 +84,9 @@ class BlendConfig:
     # placing many orders cannot make a pair (docs/robustness.md measures what it costs and saves)
     distinct_users: bool = True
     min_cold_queries: int = 100  # fewer real cold validation queries: fit cold weights on simulated ones
+    # a cold candidate replaces the embedding alone only when it ranks the cold validation queries better by
+    # more than this many standard errors of the paired difference (`_choose_cold`)
+    cold_z: float = 2.0
     simulated_cold_queries: int = 3000
 
     def validate(self) -> None:
@@ -96,6 +99,8 @@ class BlendConfig:
                              f"got {self.features}")
         if not self.interleaves or any(int(n) < 0 or int(n) == 1 for n in self.interleaves):
             raise ValueError(f"BlendConfig.interleaves must be 0 (none) or >= 2, got {self.interleaves}")
+        if not self.cold_z >= 0:
+            raise ValueError(f"BlendConfig.cold_z must be >= 0, got {self.cold_z}")
         if not self.half_lives or any(h is not None and not 0 < h for h in self.half_lives):
             raise ValueError(f"BlendConfig.half_lives must be shares > 0 or None, got {self.half_lives}")
 
@@ -278,12 +283,16 @@ class PoolEntries:
 
     def measure(self, blend: Blend, k: int = 20) -> tuple[float, float]:
         """(Recall@k, coverage@k) when each pool is ranked by `blend`: the top k lie in the pool."""
+        recalls, coverage = self.per_query(blend, k)
+        return (float(recalls.mean()) if len(recalls) else 0.0), coverage
+
+    def per_query(self, blend: Blend, k: int = 20) -> tuple[np.ndarray, float]:
+        """(Recall@k of each query with targets, coverage@k): `measure` before the mean, for paired tests."""
         scores = self.features @ np.asarray(blend.weights, np.float64)
         hits, covered = _pool_top_k(self.starts, scores, self.copurchase, int(blend.interleave), int(k),
                                     self.target, self.items, self.n_items)
         has = self.n_targets > 0
-        recall = float((hits[has] / np.minimum(self.n_targets[has], k)).mean()) if has.any() else 0.0
-        return recall, float(covered.sum() / max(self.n_columns, 1))
+        return hits[has] / np.minimum(self.n_targets[has], k), float(covered.sum() / max(self.n_columns, 1))
 
 
 @nb.njit(inline="always", cache=True)
@@ -479,17 +488,12 @@ class BlendedRecommender:
         for share, days, warm_seg, cold_seg, warm_pools, cold_pools, real_cold in zip(
                 cfg.half_lives, days_of, warm_segs, cold_segs, all_warm_pools, all_cold_pools, all_real_cold):
             warm_seg.blend = Blend(self._fit(warm_pools.training_rows()), cfg.pool)
-            # the fitted cold blend against the embedding alone and the category's own baselines, on the same
-            # cold queries: few and new, they can mislead a fit, and a new product must not be served worse
-            # than the embedding or its category's counts serve it (ties: the earlier, the fitted one first)
-            tried = {"fitted": Blend(self._fit(cold_pools.training_rows()), cfg.pool),
+            tried = {"embedding alone": Blend(START, cfg.pool),
+                     "fitted": Blend(self._fit(cold_pools.training_rows()), cfg.pool),
                      **{name: Blend(weights, cfg.pool) for name, weights in COLD_BASELINES.items()}}
-            measured = {name: cold_pools.measure(blend)[0] for name, blend in tried.items()}
-            chosen = max(measured, key=measured.get)
+            chosen, record = _choose_cold(tried, cold_pools, cfg.cold_z)
             cold_seg.blend = tried[chosen]
-            cold_tried.append({"half_life_share": share, "chosen": chosen,
-                               "candidates": {name: {"blend": tried[name].to_dict(), "cold_recall@20": r}
-                                              for name, r in measured.items()}})
+            cold_tried.append({"half_life_share": share, "chosen": chosen, "candidates": record})
             beta = self.eges.warm_scorer.beta if self.eges.warm_scorer.kind == "inout_prior" else 0.0
             variants = {(cut, scale, every): _variant(warm_seg.blend, cut, scale, beta, every)
                         for every in cfg.interleaves for cut in cfg.popularity_cuts for scale in cfg.embedding_scales}
@@ -560,6 +564,27 @@ class BlendedRecommender:
     def score_cold(self, anchors: np.ndarray) -> np.ndarray:
         self._check_fitted()
         return self._cold.scores(np.asarray(anchors, np.int64))
+
+
+def _choose_cold(tried: dict[str, Blend], pools: "PoolEntries", z: float) -> tuple[str, dict]:
+    """The cold blend: the embedding alone (the first of `tried`) unless another candidate ranks the same
+    cold validation queries better by more than `z` standard errors of the paired per-query difference;
+    then the best of those. Cold validation queries are few and new (a few hundred on a small shop):
+    candidates within noise of each other would be chosen by it. Returns (name, each one's numbers)."""
+    names = list(tried)
+    recalls = {name: pools.per_query(blend)[0] for name, blend in tried.items()}
+    base = recalls[names[0]]
+    record, passing = {}, []
+    for name in names:
+        diff = recalls[name] - base
+        se = float(diff.std(ddof=1) / np.sqrt(len(diff))) if len(diff) > 1 else 0.0
+        gain = float(diff.mean()) if len(diff) else 0.0
+        record[name] = {"blend": tried[name].to_dict(), "cold_recall@20": float(recalls[name].mean()) if len(diff)
+                        else 0.0, "gain_over_embedding": gain, "standard_error": se}
+        if name != names[0] and gain > z * se and gain > 0:
+            passing.append(name)
+    chosen = max(passing, key=lambda n: record[n]["cold_recall@20"]) if passing else names[0]
+    return chosen, record
 
 
 def category_support(ds: Dataset) -> np.ndarray:
