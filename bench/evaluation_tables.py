@@ -23,11 +23,20 @@ def blend_line(line: dict) -> str:
         return ""
     share = c["half_life_share"]
     half = "none" if share is None else f"{share:g} of the span"
+    cold_choice = ""
+    for tried in c.get("cold_candidates", []):  # the cold candidates of the chosen half-life
+        if tried["half_life_share"] == share:
+            cold_choice = (f" (cold: {tried['chosen']}; validation Recall@20 of each cold candidate, gain over the "
+                           f"embedding alone ± its standard error: " + ", ".join(
+                               f"{name} {r['cold_recall@20']:.4f}"
+                               + ("" if name == "embedding alone" else
+                                  f" ({r['gain_over_embedding']:+.4f} ± {r['standard_error']:.4f})")
+                               for name, r in tried["candidates"].items()) + ")")
     return (f"Shipped blend, chosen on {c['n_warm_queries']:,} warm / {c['n_cold_queries']:,} cold validation "
             f"queries ({c['cold_fitted_on']}): half-life {half}, embedding scale {c['embedding_scale']:g}, "
             f"popularity cut {c['popularity_cut']:g}, interleaving "
             f"{'every ' + str(c['interleave']) + ' places' if c.get('interleave') else 'none'}; warm weights {_weights(c['warm'])}; cold weights "
-            f"{_weights(c['cold'])}. Bought-together counts' validation coverage@20: "
+            f"{_weights(c['cold'])}{cold_choice}. Bought-together counts' validation coverage@20: "
             f"{c['bought_together_coverage@20']:.3f}. Wall time {line['seconds']:.0f} s.")
 
 

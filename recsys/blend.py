@@ -3,14 +3,14 @@
 For a query item a and a candidate b the served score is a linear blend
 
     s(a, b) = w_emb * e(a, b) + w_pop * log(1 + pop_b) + w_co * c(a, b) + w_cat * [cat_a == cat_b]
-              + w_sup * c(a, b) * support(a) + w_pc * log(1 + pop_b) * [c(a, b) > 0]
+              + w_sup * c(a, b) * support(a) + w_pc * log(1 + pop_b) * [c(a, b) > 0] + w_br * [brand_a == brand_b]
 
 * e: the EGES scorer's inner product (what the index returns);
 * log(1 + pop_b): training purchase lines of b;
 * c: log(1 + time-decayed co-purchase weight of a and b), from the top-M
   co-purchases kept per item (`CoPurchases`); for a query known only by its
   side features (cold start) the top-M co-purchases of its category instead;
-* [cat_a == cat_b]: a shared category;
+* [cat_a == cat_b]: a shared category; [brand_a == brand_b] (last in FEATURES, weight w_br): a shared brand;
 * support(a): log(1 + purchases of a) (of its category's items, cold): counts
   of a much bought item are firm evidence, those of a rare one noise, so the
   weight of the co-purchase term grows with it;
@@ -39,27 +39,30 @@ from dataclasses import dataclass
 import numpy as np
 
 FEATURES = ("embedding", "popularity", "copurchase", "same_category", "copurchase_x_support",
-            "popularity_x_copurchased")
+            "popularity_x_copurchased", "same_brand")
 
 
 @dataclass(frozen=True)
 class Blend:
     """Weights of one segment's blend (warm queries, or cold ones), in FEATURES order."""
 
-    weights: tuple[float, ...] = (1.0, 0.0, 0.0, 0.0, 0.0, 0.0)
+    weights: tuple[float, ...] = (1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)  # missing trailing ones: 0
     pool: int = 100  # embedding candidates re-ranked per query, besides its co-purchase list
     interleave: int = 0  # every n-th place from the query's co-purchase order (0: none; see the module doc)
 
     def __post_init__(self) -> None:
+        if len(self.weights) > len(FEATURES):
+            raise ValueError(f"Blend.weights: at most {len(FEATURES)} ({FEATURES}), got {len(self.weights)}")
+        object.__setattr__(self, "weights", tuple(map(float, self.weights)) + (0.0,) * (len(FEATURES) - len(self.weights)))
         if self.interleave < 0 or self.interleave == 1:
             raise ValueError(f"Blend.interleave must be 0 (none) or >= 2, got {self.interleave}")
 
     def score(self, embedding: np.ndarray, log_pop: np.ndarray, copurchase: np.ndarray,
-              same_category: np.ndarray, support: np.ndarray) -> np.ndarray:
+              same_category: np.ndarray, support: np.ndarray, same_brand: np.ndarray | float = 0.0) -> np.ndarray:
         """Blended scores; `support` is per query, shaped (q, 1) to broadcast over its candidates."""
         w = self.weights
         return (w[0] * embedding + (w[1] + w[5] * (copurchase > 0)) * log_pop + (w[2] + w[4] * support) * copurchase
-                + w[3] * same_category).astype(np.float32)
+                + w[3] * same_category + w[6] * same_brand).astype(np.float32)
 
     @property
     def uses_copurchases(self) -> bool:

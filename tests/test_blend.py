@@ -242,12 +242,16 @@ def test_a_cold_candidate_replaces_the_embedding_only_beyond_noise():
 def test_blend_variants_scale_the_embedding_and_cut_popularity_only():
     from recsys.recommenders.blended import _variant
 
-    blend = Blend((0.8, 0.2, 0.5, 0.3, 0.05, 0.1), pool=60)
+    blend = Blend((0.8, 0.2, 0.5, 0.3, 0.05, 0.1, 0.7), pool=60)
     cut = _variant(blend, 0.5, 0.5, prior_beta=0.5)  # total popularity weight 0.4 * 0.5 + 0.2 = 0.4
-    assert cut.weights == pytest.approx((0.4, 0.2 - 0.2, 0.5, 0.3, 0.05, 0.1)) and cut.pool == 60
+    assert cut.weights == pytest.approx((0.4, 0.2 - 0.2, 0.5, 0.3, 0.05, 0.1, 0.7)) and cut.pool == 60
     assert Blend.from_dict(cut.to_dict()) == cut
     assert _variant(blend, 0.0, 1.0, 0.5, interleave=3).interleave == 3
-    assert Blend.from_dict({"weights": {"embedding": 1.0}}).interleave == 0  # a bundle from before interleaving
+    old = Blend.from_dict({"weights": {"embedding": 1.0}})  # a bundle from before interleaving and brands
+    assert old.interleave == 0 and old.weights == (1.0,) + (0.0,) * 6
+    assert Blend((0.5, 0.1)).weights == (0.5, 0.1, 0.0, 0.0, 0.0, 0.0, 0.0)  # trailing features weigh 0
+    with pytest.raises(ValueError, match="at most"):
+        Blend((1.0,) * 8)
     with pytest.raises(ValueError, match="interleave"):
         Blend(interleave=1)
 
@@ -309,9 +313,9 @@ def test_the_validation_shortcut_measures_what_the_evaluator_measures(shop, inte
     rng = np.random.default_rng(1)
     vectors = rng.normal(size=(ds.n_items, 8)).astype(np.float32)
     embed = lambda a: vectors[a] @ vectors.T  # noqa: E731
-    blend = Blend((1.0, 0.3, 0.8, 0.2, 0.05, -0.1), pool=25, interleave=interleave)
+    blend = Blend((1.0, 0.3, 0.8, 0.2, 0.05, -0.1, 0.15), pool=25, interleave=interleave)
     segment = _Segment(embed, lists, lambda a: a, log_pop, train.category.codes.astype(np.int64), log_pop,
-                       prep.warm, blend, 1)
+                       prep.warm, blend, 1, brand=train.brand.codes.astype(np.int64))
     recall, coverage = pool_entries([segment], prep.warm_queries, True)[0].measure(blend)
     full = score_queries(segment.scores, prep.warm_queries, prep.columns, ds.n_items, (20,), mask_anchor=True)
     assert recall == pytest.approx(full.recall[20], abs=1e-9)
@@ -328,7 +332,7 @@ def _dense_pool_entries(segment, queries, mask_anchor):
     for lo in range(0, queries.n_queries, 7):
         hi = min(lo + 7, queries.n_queries)
         anchors = queries.anchors[lo:hi]
-        emb, co, same, support, in_pool = segment.features(anchors)
+        emb, co, same, support, in_pool, brand = segment.features(anchors)
         if mask_anchor:
             in_pool[np.arange(hi - lo), anchors] = False
         target = np.zeros_like(in_pool)
@@ -338,7 +342,7 @@ def _dense_pool_entries(segment, queries, mask_anchor):
         c = co[q_idx, b_idx]
         pop = segment.log_pop[b_idx]
         for j, values in enumerate((emb[q_idx, b_idx], pop, c, same[q_idx, b_idx], c * support[q_idx, 0],
-                                    pop * (c > 0))):
+                                    pop * (c > 0), brand[q_idx, b_idx])):
             feats[j].append(values.astype(np.float64))
         groups.append(q_idx + lo)
         items.append(b_idx)
@@ -377,7 +381,8 @@ def test_the_pool_pass_looks_up_members_and_equals_the_dense_pass(cold):
     # two segments over one embedding (two half-lives' lists): one pass, each its own dense pass
     segments = [_Segment(lambda a: scores[anchor_of(a)], lists(30), anchor_of,
                          rng.random(n_anchors).astype(np.float32), category, rng.random(n).astype(np.float32),
-                         candidates, Blend(pool=25), 0 if cold else 1, lists(20) if cold else None)
+                         candidates, Blend(pool=25), 0 if cold else 1, lists(20) if cold else None,
+                         brand=rng.integers(0, 4, n))
                 for _ in range(2)]
     segments[1].embed_fn = segments[0].embed_fn
     segments[1].log_pop = segments[0].log_pop

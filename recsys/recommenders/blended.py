@@ -78,7 +78,7 @@ class BlendConfig:
     # the blend's features in use (recsys/blend.py; the others weigh 0). The support and popular-partner
     # interactions fitted the validation tail better and the test period worse (Online Retail warm
     # Recall@20 0.1934 with all six, 0.1949 with these four): off by default
-    features: tuple[str, ...] = ("embedding", "popularity", "copurchase", "same_category")
+    features: tuple[str, ...] = ("embedding", "popularity", "copurchase", "same_category", "same_brand")
     l2: float = 1e-3  # ridge on the weights of the conditional logit
     # co-purchase weights count distinct accounts, not baskets (recsys/data/cooccurrence.py): one account
     # placing many orders cannot make a pair (docs/robustness.md measures what it costs and saves)
@@ -125,12 +125,12 @@ def pool_mask(scores: np.ndarray, pool: int, partners: np.ndarray, allowed: np.n
     return mask
 
 
-START = (1.0, 0.0, 0.0, 0.0, 0.0, 0.0)  # the fit starts from the embedding's own ranking
+START = (1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)  # the fit starts from the embedding's own ranking
 # a new product's baselines as blends of a cold pool (its category's best sellers and co-purchases are in it):
 # the category's items by popularity first (category popularity), and the category's co-purchase weights
 # (its bought-together counts; popularity breaks their ties); FEATURES order
-COLD_BASELINES = {"category popularity": (0.0, 1.0, 0.0, 100.0, 0.0, 0.0),
-                  "category bought-together": (0.0, 1e-3, 1.0, 0.0, 0.0, 0.0)}
+COLD_BASELINES = {"category popularity": (0.0, 1.0, 0.0, 100.0, 0.0, 0.0, 0.0),
+                  "category bought-together": (0.0, 1e-3, 1.0, 0.0, 0.0, 0.0, 0.0)}
 
 
 class _Segment:
@@ -138,8 +138,9 @@ class _Segment:
 
     def __init__(self, embed_fn, lists: CoPurchases, anchor_of, support: np.ndarray, category: np.ndarray,
                  log_pop: np.ndarray, candidates: np.ndarray, blend: Blend, extra_pool: int,
-                 members: CoPurchases | None = None):
+                 members: CoPurchases | None = None, brand: np.ndarray | None = None):
         self.embed_fn, self.lists, self.anchor_of, self.support = embed_fn, lists, anchor_of, support
+        self.brand = np.zeros_like(category) if brand is None else brand  # per item, 0 = unknown
         self.category, self.log_pop, self.candidates, self.blend = category, log_pop, candidates, blend
         self.extra_pool = extra_pool  # the anchor itself takes a place in a warm pool
         self.members = members  # more pool members per anchor (a cold query's category's best sellers)
@@ -155,8 +156,9 @@ class _Segment:
         if self.extra_pool:  # a warm query's own item is no answer: out of its pool (as in pool_members)
             in_pool[np.arange(len(anchors)), anchors] = False
         same = (self.category[None, :] == self.category[anchors][:, None]) & (self.category[anchors][:, None] > 0)
+        brand = (self.brand[None, :] == self.brand[anchors][:, None]) & (self.brand[anchors][:, None] > 0)
         support = self.support[self.anchor_of(anchors)][:, None]
-        return emb, co, same.astype(np.float32), support, in_pool
+        return emb, co, same.astype(np.float32), support, in_pool, brand.astype(np.float32)
 
     def scores(self, anchors: np.ndarray) -> np.ndarray:
         return self.scores_from(self.features(anchors))
@@ -197,12 +199,14 @@ class _Segment:
         members = cols[rows, where]
         co = self.lists.lookup(keys[rows], members[:, None])[:, 0]
         same = ((self.category[members] == self.category[anchors[rows]]) & (self.category[anchors[rows]] > 0))
-        return rows, members, emb[rows, members], co, same.astype(np.float32), self.support[keys][rows]
+        brand = ((self.brand[members] == self.brand[anchors[rows]]) & (self.brand[anchors[rows]] > 0))
+        return (rows, members, emb[rows, members], co, same.astype(np.float32), self.support[keys][rows],
+                brand.astype(np.float32))
 
     def scores_from(self, features, blend: Blend | None = None) -> np.ndarray:
-        emb, co, same, support, in_pool = features
+        emb, co, same, support, in_pool, brand = features
         blend = blend or self.blend
-        blended = blend.score(emb, self.log_pop[None, :], co, same, support)
+        blended = blend.score(emb, self.log_pop[None, :], co, same, support, brand)
         if blend.interleave:
             blended = _interleaved_pools(blended, co, in_pool, blend.interleave)
         return rank_outside_pool(blended, emb, in_pool)
@@ -410,9 +414,9 @@ def pool_entries(segments: list[_Segment], queries: QuerySet, mask_anchor: bool,
         t_rows = np.repeat(np.arange(hi - lo), np.diff(queries.indptr[lo:hi + 1]))
         t_keys = np.unique(t_rows * np.int64(n) + queries.targets[queries.indptr[lo]:queries.indptr[hi]])
         for s, segment in enumerate(segments):
-            rows, members, emb, co, same, support = segment.pool_members(anchors, mask_anchor, best)
+            rows, members, emb, co, same, support, brand = segment.pool_members(anchors, mask_anchor, best)
             pop = segment.log_pop[members]
-            for j, values in enumerate((emb, pop, co, same, co * support, pop * (co > 0))):
+            for j, values in enumerate((emb, pop, co, same, co * support, pop * (co > 0), brand)):  # FEATURES
                 feats[s][j].append(np.asarray(values, np.float64))
             groups[s].append(rows + lo)
             items[s].append(members)
@@ -460,6 +464,7 @@ class BlendedRecommender:
         log_pop = log_popularity(vtrain.purchase_item, vtrain.n_items)
         warm_items = prep.warm
         category = vtrain.category.codes.astype(np.int64)
+        brand = vtrain.brand.codes.astype(np.int64)
         codes = item_features(vtrain, self.eges.config.n_price_tiers).codes[:, :len(part.feature_names)]
         warm_fn, cold_fn = _embedding_scorers(part, self.eges.warm_scorer, self.eges.cold_scorer, log_pop, codes)
         # bought-together counts on the same queries: the coverage bar
@@ -474,10 +479,10 @@ class BlendedRecommender:
                       copurchase_matrix(vtrain, self.session_gap_s, days, distinct_users=cfg.distinct_users))
             items, cats = top_partners(matrix, cfg.top_m), category_partners(vtrain, matrix, cfg.top_m)
             warm_segs.append(_Segment(warm_fn, items, lambda a: a, log_pop, category, log_pop, warm_items,
-                                      Blend(pool=cfg.pool), 1))
+                                      Blend(pool=cfg.pool), 1, brand=brand))
             cold_segs.append(_Segment(cold_fn, cats, lambda a: category[a], category_support(vtrain), category,
                                       log_pop, warm_items, Blend(pool=cfg.pool), 0,
-                                      category_best_sellers(vtrain, cfg.top_m, warm_items)))
+                                      category_best_sellers(vtrain, cfg.top_m, warm_items), brand=brand))
         # one pass over the queries for all half-lives (they share the embedding's part of every pool)
         all_warm_pools = pool_entries(warm_segs, prep.warm_queries, True)
         all_cold_pools = pool_entries(cold_segs, cold_queries, cold_queries is simulated)
@@ -544,14 +549,15 @@ class BlendedRecommender:
         self.category_partners = category_partners(train, matrix, self.config.top_m)
         self.log_pop = log_popularity(train.purchase_item, train.n_items)
         self.category = train.category.codes.astype(np.int64)
+        self.brand = train.brand.codes.astype(np.int64)
         self.candidates = np.asarray(self.eges.trained.item_counts) > 0  # the items a bundle indexes
         self.category_support = category_support(train)
         self._warm = _Segment(self.base.score_warm, self.item_partners, lambda a: a, self.log_pop, self.category,
-                              self.log_pop, self.candidates, self.warm_blend, 1)
+                              self.log_pop, self.candidates, self.warm_blend, 1, brand=self.brand)
         self.category_members = category_best_sellers(train, self.config.top_m, self.candidates)
         self._cold = _Segment(self.base.score_cold, self.category_partners, lambda a: self.category[a],
                               self.category_support, self.category, self.log_pop, self.candidates,
-                              self.cold_blend, 0, self.category_members)
+                              self.cold_blend, 0, self.category_members, brand=self.brand)
 
     def _check_fitted(self) -> None:
         if self.warm_blend is None:

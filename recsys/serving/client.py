@@ -669,8 +669,9 @@ def _search(snap: _Snapshot, queries: list[_Query], k: int, filters: _Filters | 
             scores, rows = index.search(vectors, n_search, allowed=masks[key])
         else:
             anchors = [queries[i].pos if warm else queries[i].category for i in members]
-            scores, rows = _blended_search(snap, index, vectors, np.asarray(anchors, np.int64), warm, n_search,
-                                           masks[key])
+            brands = np.fromiter((queries[i].brand for i in members), np.int64, len(members))
+            scores, rows = _blended_search(snap, index, vectors, np.asarray(anchors, np.int64), brands, warm,
+                                           n_search, masks[key])
         scores, rows = np.asarray(scores), np.asarray(rows)
         take = min(width, rows.shape[1])
         members_at = np.asarray(members, np.int64)
@@ -678,8 +679,8 @@ def _search(snap: _Snapshot, queries: list[_Query], k: int, filters: _Filters | 
     return out_scores, out_rows
 
 
-def _blended_search(snap: _Snapshot, index, vectors: np.ndarray, anchors: np.ndarray, warm: bool, n: int,
-                    allowed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+def _blended_search(snap: _Snapshot, index, vectors: np.ndarray, anchors: np.ndarray, brands: np.ndarray,
+                    warm: bool, n: int, allowed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
     """The shipped ranking (recsys/blend.py): the index's pool plus each anchor's co-purchases, re-ranked."""
     graph = snap.graph
     blend = graph.warm if warm else graph.cold
@@ -704,13 +705,14 @@ def _blended_search(snap: _Snapshot, index, vectors: np.ndarray, anchors: np.nda
     safe = np.maximum(candidates, 0)
     query_category = snap.category[anchors] if warm else anchors
     same = (snap.row_category[safe] == query_category[:, None]) & (query_category[:, None] > 0)
+    same_brand = ((snap.row_brand[safe] == brands[:, None]) & (brands[:, None] > 0)) if blend.weights[6] else 0.0
     if warm:
         support = graph.log_popularity[snap.index_row[anchors]]
     else:
         known = (anchors > 0) & (anchors < len(graph.category_support))
         support = np.where(known, graph.category_support[np.where(known, anchors, 0)], 0.0)
     scores = blend.score(index.score_candidates(vectors, candidates), graph.log_popularity[safe], copurchase, same,
-                         support[:, None].astype(np.float32))
+                         support[:, None].astype(np.float32), same_brand)
     take = min(n, candidates.shape[1])
     # the pool in the order served (recsys/blend.py: by blended score, ties to the lower row; or interleaved)
     top = served_columns(scores, copurchase, valid, blend.interleave, take)
