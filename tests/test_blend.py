@@ -141,15 +141,15 @@ def test_the_blend_is_chosen_on_the_training_period_with_every_candidate_recorde
     assert scores.shape == (5, ds.n_items) and np.isfinite(scores).all()
 
 
-@pytest.mark.parametrize("interleave", [0, 2])
-def test_the_client_serves_the_ranking_the_evaluation_measured(shop, tmp_path, interleave):
-    import dataclasses
-
+@pytest.mark.parametrize("interleave,brand", [(0, False), (2, True)])
+def test_the_client_serves_the_ranking_the_evaluation_measured(shop, tmp_path, interleave, brand):
     ds = shop.to_dataset()
+    features = SMALL_BLEND.features + (("same_brand",) if brand else ())  # the shop's brands matter (synthetic)
     config = PipelineConfig(train=SMALL_TRAIN, scoring=ScorerConfig(validation_queries=500), index=SMALL_INDEX,
-                            blend=dataclasses.replace(SMALL_BLEND, interleaves=(interleave,)))
+                            blend=dataclasses.replace(SMALL_BLEND, interleaves=(interleave,), features=features))
     shipped = train_final(ds, config, progress=False)
     assert shipped.warm_blend.interleave == interleave and shipped.choice["interleave"] == interleave
+    assert (shipped.warm_blend.weights[6] != 0) == brand
     bundle = open_bundle(write_bundle(tmp_path, None, build_parts(shipped, ds, config, {})))
     assert bundle.manifest["format_version"] == 3 and bundle.parts.graph is not None
     assert bundle.manifest["graph"]["choice"]["candidates"]
