@@ -12,9 +12,8 @@ import numpy as np
 from evaluate_datasets import dataset
 from recsys.evaluation.split import split_chronological
 from recsys.evaluation.metrics import score_queries
-from recsys.recommenders.eges import EGESRecommender
 from recsys.embed.train import TrainConfig
-from recsys.recommenders.eges import ScorerConfig
+from recsys.recommenders.eges import EGESRecommender, ScorerConfig
 
 name = sys.argv[1]
 ds = dataset(name)
@@ -37,7 +36,6 @@ cat = vtrain.category.codes.astype(np.int64); brand = vtrain.brand.codes.astype(
 def group_means(key, min_n):
     uniq, inv = np.unique(key, return_inverse=True)
     sums = np.zeros((len(uniq), H.shape[1])); np.add.at(sums, inv, np.where(warm[:, None], H, 0))
-    n = np.bincount(inv, minlength=len(uniq)).astype(float)
     n_warm = np.bincount(inv, weights=warm.astype(float), minlength=len(uniq))
     means = sums / np.maximum(n_warm, 1)[:, None]
     ok = (n_warm >= min_n)[inv] & (key >= 0)

@@ -65,8 +65,8 @@ class Blend:
                 + w[3] * same_category + w[6] * same_brand).astype(np.float32)
 
     @property
-    def uses_copurchases(self) -> bool:
-        return self.weights[2] != 0.0 or self.weights[4] != 0.0 or self.weights[5] != 0.0 or self.interleave > 0
+    def uses_brand(self) -> bool:
+        return self.weights[FEATURES.index("same_brand")] != 0.0
 
     def to_dict(self) -> dict:
         return {"weights": dict(zip(FEATURES, map(float, self.weights))), "pool": int(self.pool),

@@ -187,8 +187,7 @@ class _Segment:
         for lists in (self.lists, self.members):
             if lists is None:
                 continue
-            listed = lists.padded(keys)
-            weight = lists.lookup(keys, listed)
+            listed, weight = lists.padded_with_weights(keys)
             parts.append(np.where(weight > 0, listed, -1))  # a member by a positive weight, as in the dense mask
         cols = np.concatenate(parts, axis=1)
         cols = np.sort(cols, axis=1)

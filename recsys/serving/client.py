@@ -687,10 +687,7 @@ def _blended_search(snap: _Snapshot, index, vectors: np.ndarray, anchors: np.nda
     lists = graph.item_partners if warm else graph.category_partners
     extra = 1 if warm else 0  # a warm query's own item comes back from the index
     pool = index.candidate_pool(vectors, max(n, blend.pool + extra), allowed=allowed)
-    if blend.uses_copurchases or not warm:  # a new item's pool always holds its category's co-purchases
-        partners, weight = lists.padded_with_weights(anchors)
-    else:
-        partners, weight = np.zeros((len(anchors), 0), np.int64), np.zeros((len(anchors), 0), np.float32)
+    partners, weight = lists.padded_with_weights(anchors)  # in every pool, as in the evaluation's
 
     def allow(rows: np.ndarray) -> np.ndarray:  # (the index's pool already honours the filter)
         return rows if allowed is None else np.where((rows >= 0) & allowed[np.maximum(rows, 0)], rows, -1)
@@ -705,7 +702,7 @@ def _blended_search(snap: _Snapshot, index, vectors: np.ndarray, anchors: np.nda
     safe = np.maximum(candidates, 0)
     query_category = snap.category[anchors] if warm else anchors
     same = (snap.row_category[safe] == query_category[:, None]) & (query_category[:, None] > 0)
-    same_brand = ((snap.row_brand[safe] == brands[:, None]) & (brands[:, None] > 0)) if blend.weights[6] else 0.0
+    same_brand = ((snap.row_brand[safe] == brands[:, None]) & (brands[:, None] > 0)) if blend.uses_brand else 0.0
     if warm:
         support = graph.log_popularity[snap.index_row[anchors]]
     else:
